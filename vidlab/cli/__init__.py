@@ -1,0 +1,1 @@
+"""The `vidlab` command line."""

@@ -1,0 +1,9 @@
+"""`vidlab bench ...`: speed and memory measurements, printed as side-by-side tables."""
+
+from vidlab.cli._group import register_group
+
+SUBCOMMANDS: tuple[str, ...] = ()
+
+
+def register(subparsers) -> None:
+    register_group(subparsers, "bench", "measure speed and memory", SUBCOMMANDS)

@@ -1,0 +1,1 @@
+"""Video input: decoding, probing, audio, frame sampling."""

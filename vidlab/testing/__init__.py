@@ -1,0 +1,1 @@
+"""Helpers that make media files for tests and benchmarks."""
