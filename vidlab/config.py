@@ -55,7 +55,9 @@ def load_config(
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {first_line}" if key else first_line) from None
     return cfg
 
 

@@ -1,0 +1,77 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vidlab.tasks.retrieval import (
+    CaptionIndex,
+    fit_retrieval_metrics,
+    ranks_from_embeddings,
+    ranks_from_scores,
+    summarize_ranks,
+)
+
+
+def naive_rank(row: list[float], gts: list[int], ties: str) -> float:
+    """Position of each GT in a descending order, ties optimistic or averaged, best GT."""
+    best = math.inf
+    for g in gts:
+        better = sum(v > row[g] for v in row)
+        equal = sum(v == row[g] for v in row)
+        best = min(best, better + ((equal - 1) / 2 if ties == "average" else 0))
+    return best
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "average"])
+def test_ranks_match_naive_definition_with_ties_and_multiple_gts(ties):
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (12, 9), generator=gen).float()  # many ties
+    gts = [[i % 9, (i + 3) % 9] if i % 2 else [i % 9] for i in range(12)]
+    gt_index = torch.tensor([g + [-1] * (2 - len(g)) for g in gts])
+    got = ranks_from_scores(scores, gt_index, ties)
+    want = [naive_rank(scores[i].tolist(), gts[i], ties) for i in range(12)]
+    assert got.tolist() == want
+
+
+def test_chunked_embeddings_equal_full_matrix():
+    gen = torch.Generator().manual_seed(1)
+    text, video = torch.randn(37, 8, generator=gen), torch.randn(11, 8, generator=gen)
+    gt = torch.randint(0, 11, (37, 1), generator=gen)
+    full = ranks_from_scores(text @ video.T, gt)
+    for chunk in (1, 5, 37, 100):
+        assert torch.equal(ranks_from_embeddings(text, video, gt, chunk_size=chunk), full)
+
+
+def test_gallery_mask_removes_candidates():
+    scores = torch.tensor([[0.9, 0.5, 0.1]])
+    gt = torch.tensor([[1]])
+    assert ranks_from_embeddings(torch.eye(1), scores.T, gt).item() == 1
+    masked = ranks_from_embeddings(torch.eye(1), scores.T, gt, gallery_mask=torch.tensor([False, True, True]))
+    assert masked.item() == 0
+
+
+def test_summary_values():
+    m = summarize_ranks(torch.tensor([0.0, 0, 4, 9, 60]))
+    assert (m["R1"], m["R5"], m["R10"], m["R50"]) == (40.0, 60.0, 80.0, 80.0)
+    assert (m["MedR"], m["MeanR"]) == (5.0, 15.6)
+    assert m["geometric_mean_R1-R5-R10"] == pytest.approx((40 * 60 * 80) ** (1 / 3))
+    assert summarize_ranks(torch.tensor([3.0]))["geometric_mean_R1-R5-R10"] == 0.0
+
+
+def test_caption_index_and_perfect_retrieval():
+    cap = CaptionIndex.from_text_to_video([0, 0, 1, 2, 2, 2])
+    assert cap.video_to_texts.tolist() == [[0, 1, -1], [2, -1, -1], [3, 4, 5]]
+    sims = torch.full((6, 3), -1.0)
+    sims[torch.arange(6), cap.text_to_video] = torch.arange(1.0, 7.0)  # distinct: FiT's v2t averages ties
+    m = fit_retrieval_metrics(sims, cap)
+    assert m["t2v"]["R1"] == m["v2t"]["R1"] == 100.0
+
+
+def test_text_mask_drops_queries():
+    cap = CaptionIndex.consecutive(2, 2)
+    sims = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # texts 1 and 3 wrong
+    mask = torch.tensor([True, False, True, False])
+    assert fit_retrieval_metrics(sims, cap)["t2v"]["R1"] == 50.0
+    assert fit_retrieval_metrics(sims, cap, mask)["t2v"]["R1"] == 100.0
+    assert np.isfinite(fit_retrieval_metrics(sims, cap, mask)["v2t"]["MeanR"])

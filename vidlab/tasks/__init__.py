@@ -1,0 +1,1 @@
+"""Metrics and evaluation protocols shared by every recipe."""
