@@ -14,11 +14,11 @@ from typing import Sequence
 from vidlab.errors import VidlabError
 
 # Modules under vidlab.cli that define `register(subparsers)`; each adds one top-level command.
-COMMAND_MODULES = ("data", "bench")
+COMMAND_MODULES = ("data", "bench", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vidlab", description="vidlab: video and video-language representation learning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

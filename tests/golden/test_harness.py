@@ -1,0 +1,120 @@
+"""The golden harness itself: folder lookup, integrity checks, family dispatch, and that a checker catches a
+wrong value (a harness that cannot fail proves nothing)."""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vidlab import golden
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REAL_GOLDEN = golden.golden_dir(REPO_ROOT)
+
+
+def real_sampling_spec() -> dict:
+    path = REAL_GOLDEN / "sampling.json"
+    if not path.is_file():
+        pytest.fail(f"the golden sampling case is missing at {path} (set {golden.GOLDEN_DIR_ENV})", pytrace=False)
+    return json.loads(path.read_text())
+
+
+def first_usable_fps_entry(spec: dict) -> dict:
+    return next(e for e in spec["singularity_get_frame_indices_fps"] if e["indices"] and e["indices"][0] != 1)
+
+
+def write_folder(folder: Path, cases: dict[str, dict], record_hashes: bool = True) -> Path:
+    """A golden folder in the official format: <case>.json files plus an index listing them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, spec in cases.items():
+        data = json.dumps(spec).encode()
+        (folder / f"{name}.json").write_bytes(data)
+        files[f"{name}.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    index = {"cases": {name: {"summary": name, "files": [f"{name}.json"]} for name in cases}}
+    if record_hashes:
+        index["files"] = files
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_golden_dir_defaults_beside_the_repo_and_follows_the_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(golden.GOLDEN_DIR_ENV, raising=False)
+    assert golden.golden_dir(tmp_path / "repo") == tmp_path / "shared" / "golden"
+    monkeypatch.setenv(golden.GOLDEN_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert golden.golden_dir(tmp_path / "repo") == tmp_path / "elsewhere"
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(golden.GoldenError, match=f"no golden index at .*{golden.GOLDEN_DIR_ENV}"):
+        golden.list_cases(tmp_path / "absent")
+
+
+def test_case_names_resolve_to_families():
+    assert golden.family_of("sampling") == "sampling"
+    assert golden.family_of("fit_spacetime") == "fit"
+    assert golden.family_of("vimpac_model_t_h_w") == "vimpac"
+    assert golden.family_of("clip_visual") == "clip_visual"
+    with pytest.raises(golden.GoldenError, match="no known family"):
+        golden.family_of("fitness")
+
+
+def test_pending_families_are_skipped_with_their_issue(tmp_path):
+    folder = write_folder(tmp_path / "g", {"fit_tiny": {"case": "fit_tiny"}, "gdt_tiny": {"case": "gdt_tiny"}})
+    assert golden.run_case(folder, "fit_tiny") == "family 'fit' not implemented yet (issue 4)"
+    assert golden.run_case(folder, "gdt_tiny") == "family 'gdt' not implemented yet (a later issue)"
+
+
+def test_a_real_sampling_subset_in_another_folder_passes(tmp_path):
+    spec = real_sampling_spec()
+    subset = {key: value[:3] if isinstance(value, list) and key != "notes" else value for key, value in spec.items()}
+    folder = write_folder(tmp_path / "g", {"sampling": subset})
+    assert golden.list_cases(folder) == ["sampling"]
+    assert golden.run_case(folder, "sampling") is None
+
+
+@pytest.mark.parametrize(
+    "mutate, reported",
+    [
+        (lambda s: s["fit_sample_frames"][3]["uniform"]["indices"].__setitem__(0, 13), "fit num_frames=1 vlen=30"),
+        (lambda s: s["evl_eval_temporal_crops"][-1]["views"][0].__setitem__(1, 17), "evl eval"),
+        (lambda s: first_usable_fps_entry(s)["indices"].__setitem__(0, 1), "singularity fps"),
+        (lambda s: s["fit_sample_frames"][3]["rand_support"].__setitem__("per_segment_choices", [[0, 20]]),
+         "segment 0 drew"),
+        (lambda s: s.__setitem__("brand_new_mode", []), "not a sampling mode vidlab knows"),
+    ],
+)
+def test_sampling_checker_reports_a_wrong_golden_value(tmp_path, mutate, reported):
+    spec = copy.deepcopy(real_sampling_spec())
+    mutate(spec)
+    folder = write_folder(tmp_path / "g", {"sampling": spec})
+    with pytest.raises(golden.GoldenMismatch, match=reported):
+        golden.run_case(folder, "sampling")
+
+
+def test_a_case_with_nothing_to_compare_fails(tmp_path):
+    folder = write_folder(tmp_path / "g", {"sampling": {"case": "sampling", "notes": []}})
+    with pytest.raises(golden.GoldenMismatch, match="nothing vidlab knows how to compare"):
+        golden.run_case(folder, "sampling")
+
+
+def test_corrupt_golden_file_is_detected(tmp_path):
+    folder = write_folder(tmp_path / "g", {"sampling": {"case": "sampling"}})
+    (folder / "sampling.json").write_text(json.dumps({"case": "sampling!"}))
+    with pytest.raises(golden.GoldenError, match="differs from index.json"):
+        golden.run_case(folder, "sampling")
+
+
+def test_case_tensors_load_and_tensor_tolerance(tmp_path):
+    folder = write_folder(tmp_path / "g", {"fit_tiny": {"case": "fit_tiny"}}, record_hashes=False)
+    expected = torch.linspace(-1, 1, 12).reshape(3, 4)
+    save_file({"output.x": expected}, str(folder / "fit_tiny.safetensors"))
+    case = golden.load_case(folder, "fit_tiny")
+    loaded = case.tensors()["output.x"]
+    golden.assert_tensor_close(loaded + 5e-6, expected, "output.x")
+    with pytest.raises(golden.GoldenMismatch, match="output.x"):
+        golden.assert_tensor_close(loaded + 1e-3, expected, "output.x")

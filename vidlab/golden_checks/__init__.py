@@ -1,0 +1,1 @@
+"""Checks of vidlab against golden outputs of the official implementations, one module per system."""
