@@ -166,7 +166,7 @@ class Mismatches:
 FAMILIES: dict[str, Union[str, Pending]] = {
     "sampling": "sampling:check_sampling",
     "metrics": "metrics:check_metrics",
-    "fit": Pending(4),
+    "fit": "fit:check_fit",
     "clip_visual": Pending(5),
     "evl": Pending(5),
     "singularity": Pending(6),

@@ -1,0 +1,56 @@
+"""`vidlab convert`: official FiT checkpoint -> vidlab format -> create_model gives identical embeddings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidlab.cli.main import main
+from vidlab.golden import golden_dir
+from vidlab.models import create_model
+
+OFFICIAL = golden_dir(Path(__file__).resolve().parents[2]) / "files" / "fit_spacetime" / "model_best.pth"
+needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason=f"no official FiT checkpoint at {OFFICIAL}")
+
+
+@needs_official
+def test_convert_round_trip_gives_identical_embeddings(tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        assert main(["convert", str(OFFICIAL), str(tmp_path / "ckpt"), "--model", "fit-tiny"]) == 0
+    assert "83 tensors loaded" in caplog.text
+    converted = create_model(checkpoint=tmp_path / "ckpt")
+    direct = create_model("fit-tiny", checkpoint=OFFICIAL)
+    torch.manual_seed(0)
+    frames = torch.randn(2, 3, 3, 32, 32)
+    ids, mask = torch.randint(0, 1000, (2, 9)), torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(converted.encode_video(frames), direct.encode_video(frames))
+        assert torch.equal(converted.encode_text(ids, mask), direct.encode_text(ids, mask))
+
+
+@needs_official
+def test_convert_takes_overrides_and_keeps_existing_output(tmp_path, capsys):
+    assert main(["convert", "--model", "fit-tiny", str(OFFICIAL), str(tmp_path), "video.num_frames=8"]) == 0
+    assert create_model(checkpoint=tmp_path).video_encoder.temporal_embed.shape == (1, 8, 64)
+    assert main(["convert", str(OFFICIAL), str(tmp_path), "--model", "fit-tiny"]) == 2
+    assert "already holds model.safetensors" in capsys.readouterr().err
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_convert_refuses_a_code_running_file(tmp_path, capsys):
+    marker = tmp_path / "executed"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "config": _Payload(marker)}, tmp_path / "evil.pth")
+    assert main(["convert", str(tmp_path / "evil.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidlab: error:") and "refusing to unpickle global" in err and len(err.splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -1,0 +1,51 @@
+"""`vidlab convert SRC DST`: turn a checkpoint (e.g. an official Frozen in Time `model_best.pth`) into vidlab's
+format: DST/model.safetensors + DST/config.yaml, loadable with `vidlab.create_model(checkpoint=DST)`.
+
+SRC is read without running pickled code, renamed by an explicit key map and loaded strictly into the
+model; the load report (logged) lists every key that was ignored or adapted, and a failure lists every
+key that did not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vidlab.cli._group import add_overrides
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint into vidlab's safetensors + YAML format",
+        description=__doc__,
+        usage="vidlab convert [--model NAME_OR_YAML] [--force] SRC DST [KEY=VALUE ...]",
+    )
+    parser.add_argument("src", type=Path, help="checkpoint file (official .pth / .pth.tar) or vidlab checkpoint")
+    parser.add_argument("dst", type=Path, help="output folder")
+    parser.add_argument(
+        "--model",
+        help="architecture: a registered name (see vidlab.list_models()) or a YAML file; "
+        "default: from the checkpoint (its config, else the tensor shapes)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in DST")
+    add_overrides(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from vidlab.config import load_config
+    from vidlab.models.checkpoint import WEIGHTS_FILE, save_vidlab_checkpoint
+    from vidlab.models.errors import CheckpointError
+    from vidlab.models.factory import apply_overrides, create_model_with_report
+
+    if (args.dst / WEIGHTS_FILE).exists() and not args.force:
+        raise CheckpointError(str(args.dst), f"already holds {WEIGHTS_FILE} (use --force to overwrite)")
+    overrides = OmegaConf.to_container(load_config(None, args.overrides))
+    created = create_model_with_report(args.model, checkpoint=args.src, **overrides)  # type: ignore[arg-type]
+    config = apply_overrides(created.config, {"init.vit_weights": None})  # the weights are in the checkpoint now
+    save_vidlab_checkpoint(created.model, config, args.dst)
+    print(f"wrote {args.dst / WEIGHTS_FILE} and its config.yaml ({config.family})")
+    return 0

@@ -1,0 +1,206 @@
+"""Model registry and `create_model`: architectures are small YAML files, weights come separately.
+
+- A *family* (e.g. `frozen_in_time`) registers its typed config defaults, a builder and a state-dict
+  adapter; a YAML file under `vidlab/models/configs/` names a family and sets its sizes. `list_models()`
+  lists those files, `create_model(name)` builds one.
+- A *checkpoint format* (e.g. the official FiT trainer file) registers a recogniser and a converter to
+  vidlab names; `create_model(..., checkpoint=path)` finds the format, converts, then loads strictly.
+- vidlab's own checkpoints (`model.safetensors` + `config.yaml`) need no converter.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from vidlab.config import load_config
+from vidlab.errors import ConfigError
+from vidlab.models.checkpoint import (
+    WEIGHTS_FILE,
+    LoadReport,
+    MappedStateDict,
+    load_pickled_checkpoint,
+    load_state_dict_strict,
+    read_safetensors,
+    vidlab_checkpoint_files,
+)
+from vidlab.models.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Modules that register a family (and its checkpoint formats) when imported.
+FAMILY_MODULES = ("vidlab.models.fit",)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    config_class: type  # dataclass of typed defaults
+    build: Callable[..., nn.Module]  # (cfg, init_weights: bool) -> model
+    adapt_state_dict: Callable[[DictConfig, dict[str, Tensor]], tuple[dict[str, Tensor], list[str]]]
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    name: str
+    recognize: Callable[[Any], bool]  # unpickled object -> is it this format?
+    convert: Callable[[Any, DictConfig | None], tuple[DictConfig, MappedStateDict]]
+
+
+@dataclass
+class CreatedModel:
+    model: nn.Module
+    config: DictConfig
+    report: LoadReport | None  # None when no checkpoint was loaded
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_FORMATS: list[CheckpointFormat] = []
+
+
+def register_family(family: ModelFamily) -> None:
+    _FAMILIES[family.name] = family
+
+
+def register_checkpoint_format(
+    name: str,
+    recognize: Callable[[Any], bool],
+    convert: Callable[[Any, DictConfig | None], tuple[DictConfig, MappedStateDict]],
+) -> None:
+    if all(f.name != name for f in _FORMATS):
+        _FORMATS.append(CheckpointFormat(name, recognize, convert))
+
+
+def _import_families() -> None:
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def get_family(name: str) -> ModelFamily:
+    _import_families()
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown model family {name!r} (known: {', '.join(sorted(_FAMILIES))})")
+    return _FAMILIES[name]
+
+
+def list_models() -> list[str]:
+    """Names of the architectures shipped with vidlab (YAML files in vidlab/models/configs)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def typed_model_config(raw: Mapping[str, Any] | DictConfig) -> DictConfig:
+    """Merge a raw model config over its family's typed defaults (unknown keys / wrong types -> ConfigError)."""
+    try:
+        raw = raw if isinstance(raw, DictConfig) else OmegaConf.create(dict(raw))
+        family_name = raw.get("family")
+        if family_name is None:
+            raise ConfigError("model config has no 'family' key (e.g. family: frozen_in_time)")
+        defaults = OmegaConf.structured(get_family(family_name).config_class)
+        return OmegaConf.merge(defaults, raw)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"model config: {str(e).splitlines()[0]}") from None
+
+
+def model_config(name_or_config: str | Path | Mapping[str, Any] | DictConfig) -> DictConfig:
+    """A registered model name, a YAML file, or a mapping -> typed model config."""
+    if isinstance(name_or_config, (Mapping, DictConfig)):
+        return typed_model_config(name_or_config)
+    registered = CONFIG_DIR / f"{name_or_config}.yaml"
+    if isinstance(name_or_config, str) and "/" not in name_or_config and registered.is_file():
+        return typed_model_config(load_config(registered))
+    path = Path(name_or_config)
+    if path.is_file():
+        return typed_model_config(load_config(path))
+    raise ConfigError(f"unknown model {str(name_or_config)!r}: not a file, and not one of {', '.join(list_models())}")
+
+
+def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig:
+    """Set `key` or dotted `a.b` entries (`**{"video.num_frames": 8}`); values may be nested mappings."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {key}={value!r}: {str(e).splitlines()[0]}") from None
+    return cfg
+
+
+def read_checkpoint(
+    checkpoint: str | Path | Mapping[str, Any], cfg: DictConfig | None
+) -> tuple[DictConfig, MappedStateDict, str]:
+    """(config, vidlab-named weights, source name) of a vidlab checkpoint, a registered foreign format,
+    or (with `cfg`) a bare vidlab-named state dict. `cfg`, when given, takes precedence over the file's.
+    """
+    if isinstance(checkpoint, Mapping):
+        source, obj = "<in-memory checkpoint>", checkpoint
+    else:
+        source = str(checkpoint)
+        files = vidlab_checkpoint_files(checkpoint)
+        if files is not None:
+            weights, config_file = files
+            if cfg is None and config_file is None:
+                raise CheckpointError(source, "no config.yaml beside the weights: pass the model name or config")
+            cfg = cfg if cfg is not None else typed_model_config(load_config(config_file))
+            return cfg, MappedStateDict(read_safetensors(weights)), source
+        if Path(checkpoint).is_dir():
+            raise CheckpointError(source, f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
+        obj = load_pickled_checkpoint(checkpoint)
+    _import_families()
+    for fmt in _FORMATS:
+        if fmt.recognize(obj):
+            logger.info("%s: %s checkpoint", source, fmt.name)
+            converted_cfg, mapped = fmt.convert(obj, cfg)
+            return converted_cfg, mapped, source
+    if cfg is not None and isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
+        return cfg, MappedStateDict(dict(obj)), source
+    known = ", ".join(["vidlab (model.safetensors + config.yaml)"] + [f.name for f in _FORMATS])
+    raise CheckpointError(source, f"unrecognized checkpoint; known formats: {known}")
+
+
+def create_model_with_report(
+    name_or_config: str | Path | Mapping[str, Any] | DictConfig | None = None,
+    checkpoint: str | Path | Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> CreatedModel:
+    """`create_model`, also returning the final config and the checkpoint load report."""
+    cfg = model_config(name_or_config) if name_or_config is not None else None
+    mapped = source = None
+    if checkpoint is not None:
+        cfg, mapped, source = read_checkpoint(checkpoint, cfg)
+    elif cfg is None:
+        raise ConfigError("create_model needs a model name, a config or a checkpoint")
+    cfg = apply_overrides(cfg, overrides)
+    family = get_family(cfg.family)
+    model = family.build(cfg, init_weights=mapped is None)
+    report = None
+    if mapped is not None:
+        mapped.tensors, notes = family.adapt_state_dict(cfg, mapped.tensors)
+        report = load_state_dict_strict(model, mapped, str(source), adapted=notes)
+        logger.info("%s", report.format())
+    return CreatedModel(model.eval(), cfg, report)
+
+
+def create_model(
+    name_or_config: str | Path | Mapping[str, Any] | DictConfig | None = None,
+    checkpoint: str | Path | Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered architecture (name, YAML file or mapping) and optionally load weights strictly.
+
+    `checkpoint`: a vidlab checkpoint directory (or its `.safetensors`), a foreign checkpoint file such
+    as the official FiT `model_best.pth` (read without running any pickled code), or an already loaded
+    checkpoint mapping. Without a name, the architecture comes from the checkpoint. `overrides` set
+    config entries, dotted for nested ones: `create_model("fit-base-p16-224", **{"video.num_frames": 8})`.
+    The model is returned in eval mode.
+    """
+    return create_model_with_report(name_or_config, checkpoint, **overrides).model

@@ -1,0 +1,37 @@
+"""Small building blocks shared by the transformer models (MLP, stochastic depth)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout (the ViT MLP; parameter names as in timm)."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(tokens)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a whole residual branch per sample with probability `drop_prob` (training only)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, branch: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return branch
+        keep_prob = 1.0 - self.drop_prob
+        keep = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep_prob)
+        return branch * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
