@@ -15,7 +15,6 @@ class Reason(str, Enum):
     NO_VIDEO_STREAM = "no video stream"
     NO_AUDIO_STREAM = "no audio stream"
     OUT_OF_RANGE = "out of range"
-    BACKEND_UNAVAILABLE = "backend unavailable"
 
 
 class VideoReadError(VidlabError):
