@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vidlab.bench.data import (
+    MERGE_GAP_FRAMES,
     METHODS,
     NAIVE,
     SETUPS,
@@ -39,11 +40,15 @@ def videos(tmp_path_factory):
 
 def test_gop_spans_decode_from_each_needed_keyframe_to_the_last_wanted_frame(videos):
     index = frame_index(videos / "a.mp4")
-    # GOPs start at 0, 10, 20, ...: frames 3 and 5 share GOP 0; 25 needs [20, 25]; 47 needs [40, 47].
-    spans = gop_spans(index, [47, 3, 25, 5], start_time_s=0.0)
-    assert [(s.first, s.count) for s in spans] == [(0, 6), (20, 6), (40, 8)]
+    # GOPs start at 0, 10, 20, ...: frames 3 and 5 share GOP 0; 57 needs [50, 57], far enough from 5
+    # to be worth its own process; 25 needs [20, 25], close enough to 5 to decode through.
+    spans = gop_spans(index, [57, 3, 5], start_time_s=0.0)
+    assert [(s.first, s.count) for s in spans] == [(0, 6), (50, 8)]
+    assert 50 - 6 >= MERGE_GAP_FRAMES
     assert spans[0].start_s is None  # from the file start: no seek
-    assert spans[1].start_s == pytest.approx(20 / FPS, abs=1e-5)
+    assert spans[1].start_s == pytest.approx(50 / FPS, abs=1e-5)
+    spans = gop_spans(index, [25, 3, 5], start_time_s=0.0)
+    assert [(s.first, s.count) for s in spans] == [(0, 26)]
     # Frames 9 and 10 touch (10 is a keyframe right after 9): one process decodes 0..12.
     assert [(s.first, s.count) for s in gop_spans(index, [9, 12], 0.0)] == [(0, 13)]
 

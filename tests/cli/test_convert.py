@@ -54,3 +54,16 @@ def test_convert_refuses_a_code_running_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("vidlab: error:") and "refusing to unpickle global" in err and len(err.splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+CLIP_ARCHIVE = OFFICIAL.parents[1] / "clip_visual" / "ViT-tiny.pt"
+
+
+@pytest.mark.skipif(not CLIP_ARCHIVE.is_file(), reason=f"no official CLIP archive at {CLIP_ARCHIVE}")
+def test_convert_clip_torchscript_archive(tmp_path):
+    assert main(["convert", str(CLIP_ARCHIVE), str(tmp_path / "clip")]) == 0
+    converted, direct = create_model(checkpoint=tmp_path / "clip"), create_model(checkpoint=CLIP_ARCHIVE)
+    size = converted.visual.image_size
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(converted.encode_image(images), direct.encode_image(images))

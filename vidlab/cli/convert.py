@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(str(args.dst), f"already holds {WEIGHTS_FILE} (use --force to overwrite)")
     overrides = OmegaConf.to_container(load_config(None, args.overrides))
     created = create_model_with_report(args.model, checkpoint=args.src, **overrides)  # type: ignore[arg-type]
-    config = apply_overrides(created.config, {"init.vit_weights": None})  # the weights are in the checkpoint now
+    config = created.config
+    if OmegaConf.select(config, "init.vit_weights") is not None:  # the weights are in the checkpoint now
+        config = apply_overrides(config, {"init.vit_weights": None})
     save_vidlab_checkpoint(created.model, config, args.dst)
     print(f"wrote {args.dst / WEIGHTS_FILE} and its config.yaml ({config.family})")
     return 0

@@ -7,6 +7,8 @@ against it and the benchmark can use it as the "decode lower bound".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import functools
 import os
 import re
@@ -95,12 +97,15 @@ def cli_read_frames(
     start_s: float | None = None,
     num_frames: int | None = None,
     threads: int | None = None,
+    keep: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Decode with the ffmpeg CLI to uint8 RGB `(N, H, W, 3)`: every frame, rotation applied.
 
     `start_s` seeks the input to that time (ffmpeg decodes from the keyframe before it and drops
-    the frames before `start_s`); `num_frames` stops after that many frames. Timestamps are passed
-    through (`-fps_mode passthrough`), so variable-frame-rate input yields each frame once.
+    the frames before `start_s`); `num_frames` stops after that many decoded frames. `keep` (sorted
+    positions counted from the first decoded frame) converts and outputs only those frames, as a
+    decoder that needs a few frames of a span would. Timestamps are passed through
+    (`-fps_mode passthrough`), so variable-frame-rate input yields each frame once.
     """
     args: list[str] = []
     if threads is not None:
@@ -108,7 +113,11 @@ def cli_read_frames(
     if start_s is not None:
         args += ["-ss", f"{start_s:.6f}"]
     args += ["-i", os.fspath(path), "-map", "0:v:0", "-fps_mode", "passthrough"]
-    if num_frames is not None:
+    if keep is not None:
+        args += ["-vf", "select='" + "+".join(f"eq(n,{int(k)})" for k in keep) + "'"]
+        if num_frames is not None:
+            args += ["-frames:v", str(len(keep))]
+    elif num_frames is not None:
         args += ["-frames:v", str(num_frames)]
     args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = run_ffmpeg(["-loglevel", "info", *args], what=f"decoding {path}")

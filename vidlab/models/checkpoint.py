@@ -134,7 +134,7 @@ def _module_exists(module: str) -> bool:
         return True  # cannot tell: treat as present, i.e. refuse rather than record
 
 
-def _resolve_global(module: str, name: str, source: str) -> Any:
+def resolve_global(module: str, name: str, source: str) -> Any:
     # Protocol-2 pickles name Python 2 modules (e.g. '__builtin__.eval'): judge the Python 3 object they mean.
     if (module, name) in _compat_pickle.NAME_MAPPING:
         module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -158,7 +158,7 @@ def _restricted_pickle_module(source: str) -> types.ModuleType:
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            return _resolve_global(module, name, source)
+            return resolve_global(module, name, source)
 
     def load(file: BinaryIO, **kwargs: Any) -> Any:
         return RestrictedUnpickler(file, **kwargs).load()

@@ -34,12 +34,13 @@ from vidlab.models.checkpoint import (
     vidlab_checkpoint_files,
 )
 from vidlab.models.errors import CheckpointError
+from vidlab.models.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Modules that register a family (and its checkpoint formats) when imported.
-FAMILY_MODULES = ("vidlab.models.fit",)
+FAMILY_MODULES = ("vidlab.models.fit", "vidlab.models.clip", "vidlab.models.clip_weights", "vidlab.models.evl")
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,17 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig
     return cfg
 
 
+def _format_of(obj: Any) -> CheckpointFormat | None:
+    return next((fmt for fmt in _FORMATS if fmt.recognize(obj)), None)
+
+
 def read_checkpoint(
     checkpoint: str | Path | Mapping[str, Any], cfg: DictConfig | None
 ) -> tuple[DictConfig, MappedStateDict, str]:
     """(config, vidlab-named weights, source name) of a vidlab checkpoint, a registered foreign format,
     or (with `cfg`) a bare vidlab-named state dict. `cfg`, when given, takes precedence over the file's.
     """
+    _import_families()
     if isinstance(checkpoint, Mapping):
         source, obj = "<in-memory checkpoint>", checkpoint
     else:
@@ -148,19 +154,23 @@ def read_checkpoint(
         files = vidlab_checkpoint_files(checkpoint)
         if files is not None:
             weights, config_file = files
-            if cfg is None and config_file is None:
-                raise CheckpointError(source, "no config.yaml beside the weights: pass the model name or config")
-            cfg = cfg if cfg is not None else typed_model_config(load_config(config_file))
-            return cfg, MappedStateDict(read_safetensors(weights)), source
-        if Path(checkpoint).is_dir():
+            obj = read_safetensors(weights)
+            if _format_of(obj) is None:  # vidlab names; else a foreign safetensors file (e.g. HF CLIPModel)
+                if cfg is None and config_file is None:
+                    raise CheckpointError(source, "no config.yaml beside the weights: pass the model name or config")
+                cfg = cfg if cfg is not None else typed_model_config(load_config(config_file))
+                return cfg, MappedStateDict(obj), source
+        elif Path(checkpoint).is_dir():
             raise CheckpointError(source, f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
-        obj = load_pickled_checkpoint(checkpoint)
-    _import_families()
-    for fmt in _FORMATS:
-        if fmt.recognize(obj):
-            logger.info("%s: %s checkpoint", source, fmt.name)
-            converted_cfg, mapped = fmt.convert(obj, cfg)
-            return converted_cfg, mapped, source
+        elif is_torchscript_archive(checkpoint):  # e.g. OpenAI CLIP's ViT-B-16.pt: weights read, code never run
+            obj = read_torchscript_state_dict(checkpoint)
+        else:
+            obj = load_pickled_checkpoint(checkpoint)
+    fmt = _format_of(obj)
+    if fmt is not None:
+        logger.info("%s: %s checkpoint", source, fmt.name)
+        converted_cfg, mapped = fmt.convert(obj, cfg)
+        return converted_cfg, mapped, source
     if cfg is not None and isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
         return cfg, MappedStateDict(dict(obj)), source
     known = ", ".join(["vidlab (model.safetensors + config.yaml)"] + [f.name for f in _FORMATS])

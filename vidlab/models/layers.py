@@ -1,22 +1,42 @@
-"""Small building blocks shared by the transformer models (MLP, stochastic depth)."""
+"""Small building blocks shared by the transformer models (MLP, activations, stochastic depth)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout (the ViT MLP; parameter names as in timm)."""
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI CLIP was trained with (and EVL's decoder reuses)."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    """fc1 -> activation -> dropout -> fc2 -> dropout (the ViT MLP; parameter names as in timm).
+
+    `out_drop` sets the dropout after fc2 separately (None: same as `drop`); EVL's decoder drops only
+    the hidden activations.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        drop: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        out_drop: float | None = None,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = act_layer()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
+        self.out_drop = nn.Dropout(drop if out_drop is None else out_drop)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(tokens)))))
+        return self.out_drop(self.fc2(self.drop(self.act(self.fc1(tokens)))))
 
 
 class DropPath(nn.Module):
