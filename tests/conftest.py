@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from vidlab.data.shapesbench import generate
 from vidlab.io.ffmpeg import FFmpegError, ffmpeg_executable
 from vidlab.testing.media import MediaCache, video_encoder
 
@@ -27,3 +30,9 @@ def require_encoder():
             pytest.skip(f"this ffmpeg has no {codec} encoder")
 
     return check
+
+
+@pytest.fixture(scope="session")
+def shapesbench_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of ShapesBench `tiny` (seed 0): 40 clips, 16 images, every annotation file; made once per session."""
+    return generate(tmp_path_factory.mktemp("shapesbench") / "tiny", "tiny", seed=0, progress=False)

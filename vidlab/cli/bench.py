@@ -2,7 +2,7 @@
 
 from vidlab.cli._group import register_group
 
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("bench_data", "bench_shapes")
 
 
 def register(subparsers) -> None:

@@ -2,7 +2,7 @@
 
 from vidlab.cli._group import register_group
 
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("data_probe", "data_check", "data_synth")
 
 
 def register(subparsers) -> None:

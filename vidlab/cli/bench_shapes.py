@@ -1,0 +1,53 @@
+"""`vidlab bench shapes-baselines`: chance, majority-class and single-frame-oracle accuracy per
+ShapesBench task, proving that the temporal tasks cannot be solved from one frame.
+
+The oracle is a linear (ridge) probe on features of each clip's middle frame. The dataset in --data
+is generated first (with --size and --seed) when it is not there yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_SIZE = "small"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "shapes-baselines", help="trivial baselines per ShapesBench task (chance, majority, middle frame)",
+        description=__doc__,
+    )
+    parser.add_argument("--data", type=Path,
+                        help="ShapesBench folder (default: bench_out/shapesbench_<size>)")
+    parser.add_argument("--size", default=DEFAULT_SIZE,
+                        help=f"size to generate if --data is missing (default: {DEFAULT_SIZE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed to generate with if --data is missing (default: 0)")
+    parser.add_argument("--threads", type=int, default=2, help="decoding threads (default: 2)")
+    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidlab.bench.shapes_baselines import (
+        baselines_json,
+        format_baselines,
+        shapes_baselines,
+    )
+    from vidlab.data.shapesbench.generate import generate, read_manifest
+
+    root = args.data or Path("bench_out") / f"shapesbench_{args.size}"
+    if read_manifest(root) is None:
+        generate(root, args.size, args.seed)
+    rows = shapes_baselines(root, num_threads=args.threads)
+    table = format_baselines(rows)
+    print(table, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(baselines_json(rows), indent=2) + "\n")
+    return 0
