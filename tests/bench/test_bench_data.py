@@ -13,6 +13,7 @@ from vidlab.bench.data import (
     SETUPS,
     VIDLAB,
     VIDLAB_DECODE,
+    backend_method,
     clip_dataset,
     gop_spans,
     lower_bound_ffmpeg,
@@ -21,6 +22,7 @@ from vidlab.bench.data import (
     plan_clips,
 )
 from vidlab.cli.main import main
+from vidlab.io import available_backends
 from vidlab.io.ffmpeg import FFMPEG_ENV
 from vidlab.io.index import frame_index
 from vidlab.testing.media import make_video
@@ -66,6 +68,9 @@ def test_every_method_loads_the_same_frames(videos, setup_name, monkeypatch):
         assert decoded.shape == (len(clip.indices), 48, 64, 3)
         assert torch.equal(decoded, naive_frames(clip)), f"clip {i}: vidlab and naive frames differ"
         assert torch.equal(decoded, lower_bound_frames(clip)), f"clip {i}: vidlab and ffmpeg CLI frames differ"
+        for backend in available_backends():
+            on_backend = clip_dataset(backend_method(backend), setup, plan, seed=3)[i]["video"].permute(0, 2, 3, 1)
+            assert torch.equal(on_backend, decoded), f"clip {i}: the {backend} backend gives other frames"
         # Same indices and the same transform seed: the transformed clips match too.
         transformed, naive_transformed = vidlab[i], naive[i]
         assert transformed["video"].dtype == torch.float32

@@ -44,6 +44,16 @@ from vidlab.testing.media import make_video
 VIDLAB, VIDLAB_DECODE, NAIVE, LOWER_BOUND = "vidlab", "vidlab decode", "naive", "lower bound"
 METHODS = (VIDLAB, VIDLAB_DECODE, NAIVE, LOWER_BOUND)
 TRANSFORMED = (VIDLAB, NAIVE)  # the others stop after decoding
+
+
+def backend_method(backend: str) -> str:
+    """The decode-only vidlab method on one named backend (the comparison that picks the default)."""
+    return f"{VIDLAB_DECODE} [{backend}]"
+
+
+def _method_backend(method: str) -> str | None:
+    prefix = f"{VIDLAB_DECODE} ["
+    return method[len(prefix) : -1] if method.startswith(prefix) and method.endswith("]") else None
 AUDIO_RATE = 24000  # GDT's spectrogram input rate
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 # The generated benchmark set: 10-s 30-fps 340x256 H.264 clips with 1-s GOPs and 48 kHz AAC audio.
@@ -348,10 +358,11 @@ class ReferenceClips(Dataset):
 
 def clip_dataset(method: str, setup: Setup, plan: Sequence[PlannedClip], seed: int) -> Dataset:
     """The dataset that loads `plan` with `method`; sample `i` holds the frames of `plan[i]`."""
-    if method not in METHODS:
-        raise BenchError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    backend = _method_backend(method)
+    if method not in METHODS and backend is None:
+        raise BenchError(f"unknown method {method!r}; known: {', '.join(METHODS)}, {backend_method('NAME')}")
     transform = build_transform(setup.transform, train=True) if method in TRANSFORMED else None
-    if method in (VIDLAB, VIDLAB_DECODE):
+    if method in (VIDLAB, VIDLAB_DECODE) or backend is not None:
         return MediaDataset(
             [MediaRecord(clip.path) for clip in plan],
             make_sampler(**setup.sampler),
@@ -360,6 +371,7 @@ def clip_dataset(method: str, setup: Setup, plan: Sequence[PlannedClip], seed: i
             seed=seed,
             audio=AudioWindow(setup.audio_seconds, AUDIO_RATE) if setup.audio_seconds else None,
             bad_samples="raise",
+            backend=backend,
         )
     return ReferenceClips(plan, method, transform, setup.audio_seconds)
 
@@ -397,8 +409,12 @@ def run_benchmark(
     clips: int,
     seed: int = 0,
     video_note: str = "",
+    backends: Sequence[str] = (),
 ) -> BenchReport:
-    """Measure every (setup, workers, method) cell, each in a fresh process, with a progress bar."""
+    """Measure every (setup, workers, method) cell, each in a fresh process, with a progress bar.
+
+    `backends` adds a decode-only vidlab row per named decoder backend, to compare them side by side.
+    """
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         raise BenchError(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
@@ -412,13 +428,14 @@ def run_benchmark(
         [str(v) for v in videos], video_note, clips, seed, baseline,
         ffmpeg=lower_bound_ffmpeg(), worker_start=multiprocessing.get_start_method(),
     )
-    cells = [(s, w, m) for s in setups for w in workers for m in METHODS]
+    methods = METHODS + tuple(backend_method(b) for b in backends)
+    cells = [(s, w, m) for s in setups for w in workers for m in methods]
     with tqdm(total=len(cells), desc="bench data", unit="cell", file=sys.stderr) as progress:
         for setup_name in setups:
             setup = SETUPS[setup_name]
             plan = plan_clips(setup, videos, clips, seed)
             for w in workers:
-                for method in METHODS:
+                for method in methods:
                     progress.set_postfix_str(f"{setup_name}, {w} workers, {method}")
                     kwargs = {
                         "setup": setup, "method": method, "plan": plan, "workers": w, "seed": seed,

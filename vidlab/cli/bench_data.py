@@ -39,6 +39,10 @@ def register(subparsers) -> None:
         help="DataLoader worker counts (default: 0 and the core count)",
     )
     parser.add_argument("--setups", nargs="+", metavar="NAME", help="sampling setups: fit, evl, gdt (default: all)")
+    parser.add_argument(
+        "--backends", nargs="*", metavar="NAME",
+        help="decoder backends to compare as extra decode-only rows (default: every installed one)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip choice (default: 0)")
     parser.add_argument("--out", type=Path, metavar="FILE.md", help="also write the markdown report to this file")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to this file")
@@ -47,6 +51,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vidlab.bench import data as bench
+    from vidlab.io import available_backends
 
     if args.videos is not None:
         videos, note = bench.videos_in(args.videos), f"from {args.videos}"
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         clips=args.clips,
         seed=args.seed,
         video_note=note,
+        backends=available_backends() if args.backends is None else args.backends,
     )
     markdown = bench.render_markdown(report)
     print(markdown, end="")
