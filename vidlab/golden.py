@@ -169,7 +169,7 @@ FAMILIES: dict[str, Union[str, Pending]] = {
     "fit": "fit:check_fit",
     "clip_visual": "clip:check_clip_visual",
     "evl": "clip:check_evl",
-    "singularity": Pending(6),
+    "singularity": "singularity:check_singularity",
     "vimpac": Pending(),
     "gdt": Pending(),
     "stica": Pending(),

@@ -40,7 +40,13 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Modules that register a family (and its checkpoint formats) when imported.
-FAMILY_MODULES = ("vidlab.models.fit", "vidlab.models.clip", "vidlab.models.clip_weights", "vidlab.models.evl")
+FAMILY_MODULES = (
+    "vidlab.models.fit",
+    "vidlab.models.clip",
+    "vidlab.models.clip_weights",
+    "vidlab.models.evl",
+    "vidlab.models.singularity",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class ModelFamily:
     config_class: type  # dataclass of typed defaults
     build: Callable[..., nn.Module]  # (cfg, init_weights: bool) -> model
     adapt_state_dict: Callable[[DictConfig, dict[str, Tensor]], tuple[dict[str, Tensor], list[str]]]
+    # regexes of model keys a checkpoint may lack (they keep their init and are listed in the report)
+    allowed_missing: Callable[[DictConfig], tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,8 @@ def create_model_with_report(
     report = None
     if mapped is not None:
         mapped.tensors, notes = family.adapt_state_dict(cfg, mapped.tensors)
-        report = load_state_dict_strict(model, mapped, str(source), adapted=notes)
+        allowed = family.allowed_missing(cfg) if family.allowed_missing is not None else ()
+        report = load_state_dict_strict(model, mapped, str(source), allowed_missing=allowed, adapted=notes)
         logger.info("%s", report.format())
     return CreatedModel(model.eval(), cfg, report)
 

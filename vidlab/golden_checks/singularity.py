@@ -1,0 +1,242 @@
+"""Golden checks of Singularity against outputs of the official code (cases `singularity_model`,
+`singularity_temporal`, `singularity_qa`, `singularity_ensemble`).
+
+The model cases build the model from the official constructor arguments recorded in the case json
+(`singularity_config_from_official`), load the case's `state_dict.*` tensors through `create_model` as an
+official `{'model': state_dict}` checkpoint (plus the legacy `relative_position_index` buffers older
+transformers saved, which must be ignored), and compare every `output.*` / `debug.*` tensor, collecting
+all differences before failing. `singularity_ensemble` runs vidlab's re-ranking (`rerank_topk`) and
+frame-mean similarity on the stub inputs the official `evaluation()` was run with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches
+from vidlab.losses.matching import frame_mean_similarity
+from vidlab.models import create_model
+from vidlab.models.beit import beit_relative_position_index
+from vidlab.models.factory import apply_overrides
+from vidlab.models.singularity import Singularity
+from vidlab.models.singularity_weights import singularity_config_from_official
+from vidlab.tasks.ensemble import FRAME_ENSEMBLES
+from vidlab.tasks.rerank import extract_features, model_pair_scorer, rerank_topk
+
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
+LEGACY_INDEX = "debug.legacy_relative_position_index"
+
+Outputs = dict[str, Callable[[], Tensor]]
+
+
+def _tolerance(spec: Mapping[str, Any]) -> tuple[float, float]:
+    suggested = spec.get("tolerance", {}).get("suggested", {})
+    return float(suggested.get("atol", DEFAULT_ATOL)), float(suggested.get("rtol", DEFAULT_RTOL))
+
+
+def _compare(found: Mismatches, tensors: Mapping[str, Tensor], computed: Outputs, atol: float, rtol: float) -> None:
+    """Every output./debug. tensor needs a vidlab counterpart: integer tensors equal, float ones close."""
+    with torch.no_grad():
+        for name in (k for k in tensors if k.startswith(("output.", "debug."))):
+            if name not in computed:
+                found.expect(False, f"no vidlab counterpart for {name}")
+                continue
+            got, want = computed[name](), tensors[name]
+            if tuple(got.shape) != tuple(want.shape):
+                found.expect(False, f"{name}: shape {tuple(got.shape)}, golden {tuple(want.shape)}")
+            elif not want.is_floating_point():
+                found.expect(torch.equal(got.to(want.dtype), want), f"{name}: {got.tolist()} != golden {want.tolist()}")
+            else:
+                ok = torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol)
+                diff = (got.float() - want.float()).abs().max().item()
+                found.expect(ok, f"{name}: max abs diff {diff:.3g} (atol {atol}, rtol {rtol})")
+
+
+def _load_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], **overrides: Any) -> Singularity:
+    """The case's model from its official constructor config, loaded from an official in-memory checkpoint."""
+    constructor = spec["constructor"]
+    cfg = singularity_config_from_official(
+        constructor["config"], constructor["bert_config"], constructor["beit_config"]
+    )
+    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    if LEGACY_INDEX in tensors:
+        for layer in range(cfg.vision.num_hidden_layers):
+            state[
+                f"vision_encoder.encoder.layer.{layer}.attention.attention.relative_position_bias.relative_position_index"
+            ] = tensors[LEGACY_INDEX]
+    return create_model(apply_overrides(cfg, overrides), checkpoint={"model": state})  # type: ignore[return-value]
+
+
+def _retrieval_outputs(model: Singularity, tensors: Mapping[str, Tensor], modes: list[str]) -> Outputs:
+    video, ids, mask = tensors["input.video"], tensors["input.text_input_ids"], tensors["input.text_attention_mask"]
+    frames = model.encode_frames(video)
+    features = model.encode_video(video)
+    text = model.encode_text(ids, mask)
+    num_videos, num_texts = video.shape[0], ids.shape[0]
+
+    def itm_pairs() -> tuple[Tensor, Tensor]:
+        memory = features.memory.repeat_interleave(num_texts, dim=0)
+        fused = model.fuse(text.states.repeat(num_videos, 1, 1), text.mask.repeat(num_videos, 1), memory)
+        return fused[:, 0].view(num_videos, num_texts, -1), model.itm_head(fused[:, 0]).view(num_videos, num_texts, 2)
+
+    outputs: Outputs = {
+        "output.pooled_vision_embeds": lambda: features.pooled,
+        "output.vision_proj": lambda: model.vision_proj(features.pooled),
+        "output.vision_feat": lambda: model.video_feat(features.pooled),
+        "output.pooled_text_embeds": lambda: text.pooled,
+        "output.text_proj": lambda: model.text_proj(text.pooled),
+        "output.text_feat": lambda: model.text_feat(text.pooled),
+        "output.itc_sim_i2t": lambda: model.similarity(features.pooled, text.pooled),
+        "output.itc_sim_i2t_temp": lambda: model.similarity(features.pooled, text.pooled, model.temp),
+        "output.itm_logits": lambda: itm_pairs()[1],
+        "debug.itm_fused_cls": lambda: itm_pairs()[0],
+        "debug.image_embeds": lambda: features.memory,
+        "debug.text_embeds": lambda: text.states,
+        "debug.beit_last_hidden_state_before_vision_layernorm": lambda: model.vision_encoder(video.flatten(0, 1))[
+            0
+        ].view(*video.shape[:2], -1, model.vision_width),
+        "debug.per_frame_embeds_before_temporal": lambda: frames.tokens,
+        LEGACY_INDEX: lambda: beit_relative_position_index(model.vision_encoder.grid_size),
+    }
+    for mode in modes:
+        retrieval = extract_features(model, [video], ids, mask, ensemble=mode)
+        itc = model.similarity(retrieval.pooled_video, retrieval.text_states[:, 0])
+        scores = rerank_topk(itc, model_pair_scorer(model, retrieval), model.cfg.eval.k_test, mode)
+        prefix = f"output.evaluation.{mode}."
+        outputs[prefix + "i2t_scores_x"] = lambda s=scores: s.v2t_itm
+        outputs[prefix + "t2i_scores_x"] = lambda s=scores: s.t2v_itm
+        outputs[prefix + "i2t_scores_emb"] = lambda s=scores: s.v2t_itc
+        outputs[prefix + "t2i_scores_emb"] = lambda s=scores: s.t2v_itc
+    return outputs
+
+
+def check_singularity_model(case: GoldenCase) -> None:
+    tensors, found = case.tensors(), Mismatches(case.name)
+    modes = sorted({k.split(".")[2] for k in tensors if k.startswith("output.evaluation.")})
+    with torch.no_grad():
+        model = _load_model(case.spec, tensors)
+        _compare(found, tensors, _retrieval_outputs(model, tensors, modes), *_tolerance(case.spec))
+    found.raise_if_any()
+
+
+def check_singularity_temporal(case: GoldenCase) -> None:
+    tensors, found = case.tensors(), Mismatches(case.name)
+    with torch.no_grad():
+        model = _load_model(case.spec, tensors)
+        outputs = _retrieval_outputs(model, tensors, ["concat"])
+        video, six = tensors["input.video"], tensors["input.video_6frames"]
+        updated = _load_model(case.spec, tensors, **{"temporal_vision_encoder.update_pooler_embed": True})
+        text = model.encode_text(tensors["input.text_input_ids"], tensors["input.text_attention_mask"])
+        outputs.update(
+            {
+                "output.update_pooler_embed_true.pooled_vision_embeds": lambda: updated.encode_video(video).pooled,
+                "output.update_pooler_embed_true.itc_sim_i2t": lambda: updated.similarity(
+                    updated.encode_video(video).pooled, text.pooled
+                ),
+                "output.frames6.image_embeds": lambda: model.encode_video(six).memory,
+                "output.frames6.pooled_vision_embeds": lambda: model.encode_video(six).pooled,
+                "debug.frames6.temporal_embeddings_interpolated": lambda: model.temporal_embedding(six.shape[1]),
+                "output.frames2.image_embeds": lambda: model.encode_video(video[:, :2]).memory,
+                "output.frames1.image_embeds": lambda: model.encode_video(video[:, :1]).memory,
+            }
+        )
+        _compare(found, tensors, outputs, *_tolerance(case.spec))
+    found.raise_if_any()
+
+
+def check_singularity_qa(case: GoldenCase) -> None:
+    tensors, found = case.tensors(), Mismatches(case.name)
+    video = tensors["input.video"]
+    q_ids, q_mask = tensors["input.question_input_ids"], tensors["input.question_attention_mask"]
+    a_ids, a_mask = tensors["input.answer_input_ids"], tensors["input.answer_attention_mask"]
+    num_questions, num_answers = q_ids.shape[0], a_ids.shape[0]
+    with torch.no_grad():
+        model = _load_model(case.spec, tensors)
+        memory = model.encode_video(video).memory
+        states = model.question_states(memory, q_ids, q_mask)
+        start_logits = model.answer_start_logits(states, q_mask, a_ids[:1, :1].expand(num_questions, 1))
+        pair_states = states.repeat_interleave(num_answers, dim=0)
+        pair_mask = q_mask.repeat_interleave(num_answers, dim=0)
+        first_logprob = F.log_softmax(start_logits, dim=1).index_select(1, a_ids[:, 1])
+        neg_nll = -model.answer_nll(
+            pair_states, pair_mask, a_ids.repeat(num_questions, 1), a_mask.repeat(num_questions, 1)
+        )
+        outputs: Outputs = {
+            "debug.image_embeds": lambda: memory,
+            "debug.question_states": lambda: states,
+            "debug.start_logits": lambda: start_logits,
+            "debug.answer_first_token_logprob": lambda: first_logprob,
+            "debug.answer_neg_lm_loss": lambda: neg_nll.view(num_questions, num_answers),
+            "output.answer_scores_all": lambda: first_logprob + neg_nll.view(num_questions, num_answers),
+            "debug.decoder_logits": lambda: model.decoder_logits(
+                pair_states, pair_mask, a_ids.repeat(num_questions, 1), a_mask.repeat(num_questions, 1)
+            ).view(num_questions, num_answers, a_ids.shape[1], -1),
+        }
+        for name in (k for k in tensors if k.endswith(".topk_ids")):
+            _, mode, k_name, _ = name.split(".")
+            ranked = model.qa_rank(
+                video, q_ids, q_mask, a_ids, a_mask, k=int(k_name[1:]), ensemble=mode, scoring="faithful"
+            )
+            outputs[name] = lambda r=ranked: r[0]
+            outputs[name.replace("topk_ids", "topk_probs")] = lambda r=ranked: r[1]
+        _compare(found, tensors, outputs, *_tolerance(case.spec))
+    found.raise_if_any()
+
+
+def check_singularity_ensemble(case: GoldenCase) -> None:
+    tensors, found = case.tensors(), Mismatches(case.name)
+    k = int(case.spec["setup"]["config"]["k_test"])
+    table = tensors["input.itm_score_table"]  # (frames + 1, V, T): rows 0..F-1 one frame each, row F all frames
+    num_frames = table.shape[0] - 1
+
+    def features(t: float) -> Tensor:
+        video = F.normalize(
+            F.linear(
+                tensors["input.pooled_image_embeds"],
+                tensors["input.vision_proj.weight"],
+                tensors["input.vision_proj.bias"],
+            ),
+            dim=-1,
+        )
+        text = F.normalize(
+            F.linear(
+                tensors["input.pooled_text_embeds"], tensors["input.text_proj.weight"], tensors["input.text_proj.bias"]
+            ),
+            dim=-1,
+        )
+        return frame_mean_similarity(video, text, t)
+
+    outputs: Outputs = {}
+    for label, t in (("t1", 1.0), ("t0p05", 0.05)):
+        outputs[f"output.get_sim.{label}.sim_i2t"] = lambda t=t: features(t)
+        outputs[f"output.get_sim.{label}.sim_t2i"] = lambda t=t: features(t).T
+    for mode in FRAME_ENSEMBLES:
+        clips = slice(num_frames, num_frames + 1) if mode == "concat" else slice(0, num_frames)
+        scores = rerank_topk(features(1.0), lambda v, t, c=clips: table[c, v, t], k, mode)
+        prefix = f"output.evaluation.{mode}."
+        outputs[prefix + "i2t_scores_x"] = lambda s=scores: s.v2t_itm
+        outputs[prefix + "t2i_scores_x"] = lambda s=scores: s.t2v_itm
+        outputs[prefix + "i2t_scores_emb"] = lambda s=scores: s.v2t_itc
+        outputs[prefix + "t2i_scores_emb"] = lambda s=scores: s.t2v_itc
+    _compare(found, tensors, outputs, *_tolerance(case.spec))
+    found.raise_if_any()
+
+
+CHECKS = {
+    "singularity_model": check_singularity_model,
+    "singularity_temporal": check_singularity_temporal,
+    "singularity_qa": check_singularity_qa,
+    "singularity_ensemble": check_singularity_ensemble,
+}
+
+
+def check_singularity(case: GoldenCase) -> None:
+    """Golden-harness entry of the `singularity` family: runs the check named by the case."""
+    if case.name not in CHECKS:
+        raise GoldenMismatch(f"no Singularity check for golden case {case.name!r} (known: {', '.join(CHECKS)})")
+    CHECKS[case.name](case)

@@ -1,0 +1,204 @@
+"""Singularity's retrieval protocol: contrastive (ITC) scores for every pair, then the ITM cross-encoder
+re-scores each query's top-k candidates, in both directions.
+
+- ITC: (V, T) mean over frames of per-frame cosine similarities (temperature 1).
+- video->text: for each video the k texts with the highest ITC score get the ITM match logit (aggregated
+  over clips by the frame ensemble); every other entry is -100. text->video likewise from the ITC
+  transpose, with its own top-k. k defaults to 128.
+- Both the re-ranked scores and the ITC scores are reported (`{split}/` and `{split}_emb/` officially),
+  as `itm` and `itc`, with `itm_eval`'s recalls (`vidlab.tasks.retrieval.singularity_itm_eval`).
+
+The cross-encoder work is chunked: several queries' candidate pairs go through the model together, at
+most `pairs_per_call` pairs at a time. Features can stay on the CPU (`offload`): each chunk moves the
+memories it needs to the compute device. Paragraph retrieval (DiDeMo, ActivityNet) is the same protocol
+on captions joined into one text per video (`vidlab.data.formats.join_captions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
+from vidlab.tasks.retrieval import CaptionIndex, singularity_itm_eval
+
+NOT_RERANKED = -100.0  # score of the pairs outside a query's top-k (official)
+
+PairScorer = Callable[[Tensor, Tensor], Tensor]  # (video idx (n,), text idx (n,)) -> (clips, n) ITM scores
+
+
+@dataclass
+class RetrievalScores:
+    """Score matrices of both directions: ITM re-ranked (-100 outside the top-k) and ITC."""
+
+    v2t_itm: Tensor  # (V, T)
+    t2v_itm: Tensor  # (T, V)
+    v2t_itc: Tensor  # (V, T)
+    t2v_itc: Tensor  # (T, V)
+
+
+def _rerank_direction(
+    itc: Tensor, score_pairs: PairScorer, k: int, ensemble: str, pairs_per_call: int, queries_are_videos: bool
+) -> Tensor:
+    num_queries, num_candidates = itc.shape
+    k = min(k, num_candidates)
+    out = torch.full((num_queries, num_candidates), NOT_RERANKED, dtype=torch.float32)
+    rows_per_call = max(1, pairs_per_call // k)
+    for start in range(0, num_queries, rows_per_call):
+        end = min(start + rows_per_call, num_queries)
+        top = itc[start:end].topk(k, dim=1).indices.cpu()  # (r, k)
+        queries = torch.arange(start, end).repeat_interleave(k)
+        candidates = top.flatten()
+        videos, texts = (queries, candidates) if queries_are_videos else (candidates, queries)
+        clip_scores = score_pairs(videos, texts)
+        out[start:end].scatter_(1, top, aggregate_clips(clip_scores, ensemble).float().cpu().view(end - start, k))
+    return out
+
+
+def rerank_topk(
+    itc_v2t: Tensor,
+    score_pairs: PairScorer,
+    k: int = 128,
+    ensemble: str = "concat",
+    pairs_per_call: int = 1024,
+) -> RetrievalScores:
+    """Re-rank the top-k of every video (over texts) and of every text (over videos) with `score_pairs`.
+
+    `score_pairs(video_idx, text_idx)` returns the ITM scores (clips, n) of n aligned pairs: one clip for
+    `concat`, one per frame for mean/max/lse, combined by `vidlab.tasks.ensemble.aggregate_clips`.
+    """
+    check_ensemble(ensemble)
+    itc_v2t = itc_v2t.float()
+    return RetrievalScores(
+        v2t_itm=_rerank_direction(itc_v2t, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=True),
+        t2v_itm=_rerank_direction(itc_v2t.T, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=False),
+        v2t_itc=itc_v2t.cpu(),
+        t2v_itc=itc_v2t.T.cpu(),
+    )
+
+
+@dataclass
+class RetrievalFeatures:
+    """Everything the protocol needs, computed once: clip memories (V, C, M, D), per-frame pooled video
+    features (V, T, D), text-layer states (N, L, D) and their mask (N, L)."""
+
+    clip_memory: Tensor
+    pooled_video: Tensor
+    text_states: Tensor
+    text_mask: Tensor
+
+
+@torch.no_grad()
+def extract_features(
+    model: Any,
+    videos: Iterable[Tensor],
+    text_ids: Tensor,
+    text_mask: Tensor,
+    ensemble: str | None = None,
+    offload: bool | None = None,
+    text_batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> RetrievalFeatures:
+    """Run a Singularity model over video batches (B, T, 3, H, W) and tokenised texts.
+
+    `offload` (default: the model's `eval.offload`) keeps the features on the CPU; they move to `device`
+    chunk by chunk during re-ranking.
+    """
+    ensemble = ensemble or model.cfg.eval.frame_ensemble
+    offload = model.cfg.eval.offload if offload is None else offload
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    keep = (lambda t: t.cpu()) if offload else (lambda t: t)
+    memories, pooled = [], []
+    for video in videos:
+        clip_memory, pooled_video = model.encode_clips(video.to(device), ensemble)
+        memories.append(keep(clip_memory))
+        pooled.append(keep(pooled_video))
+    states = []
+    for start in range(0, text_ids.shape[0], text_batch_size):
+        chunk = slice(start, start + text_batch_size)
+        states.append(keep(model.encode_text(text_ids[chunk].to(device), text_mask[chunk].to(device)).states))
+    return RetrievalFeatures(torch.cat(memories), torch.cat(pooled), torch.cat(states), keep(text_mask.to(device)))
+
+
+def model_pair_scorer(model: Any, features: RetrievalFeatures, device: torch.device | str | None = None) -> PairScorer:
+    """The ITM match logit of (video, text) pairs under every clip of the videos' memories."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @torch.no_grad()
+    def score(video_idx: Tensor, text_idx: Tensor) -> Tensor:
+        video_idx, text_idx = video_idx.to(features.clip_memory.device), text_idx.to(features.text_states.device)
+        states = features.text_states[text_idx].to(device)
+        mask = features.text_mask[text_idx].to(device)
+        clips = features.clip_memory[video_idx]  # (n, C, M, D)
+        return torch.stack(
+            [model.itm_logits(states, mask, clips[:, c].to(device))[:, 1] for c in range(clips.shape[1])]
+        )
+
+    return score
+
+
+@dataclass
+class RetrievalEvaluation:
+    scores: RetrievalScores
+    metrics: dict[str, dict[str, float]]  # {"itm": itm_eval of the re-ranked scores, "itc": of the ITC scores}
+    protocol: str
+
+
+def describe_protocol(num_videos: int, num_texts: int, num_frames: int, k: int, ensemble: str) -> str:
+    """One paragraph saying exactly how the numbers were computed (printed before them)."""
+    clips = (
+        "all frames as one cross-attention memory"
+        if ensemble == "concat"
+        else f"each frame scored alone, {ensemble} over frames"
+    )
+    return (
+        f"Singularity retrieval: {num_videos} videos x {num_texts} texts, {num_frames} test frames per video. "
+        f"itc: mean over frames of cosine similarities (temperature 1), every pair. "
+        f"itm: the top-{min(k, num_texts)} texts of each video and top-{min(k, num_videos)} videos of each text "
+        f"by ITC re-scored with the ITM match logit ({clips}); the rest scored {NOT_RERANKED:g}. "
+        "txt_r@k = video->text, img_r@k = text->video recall in % (best-ranked ground truth), no MedR."
+    )
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: Any,
+    features: RetrievalFeatures,
+    captions: CaptionIndex,
+    k: int | None = None,
+    ensemble: str | None = None,
+    pairs_per_call: int = 1024,
+    device: torch.device | str | None = None,
+) -> RetrievalEvaluation:
+    """ITC then ITM re-ranking on extracted features; both metric sets and the protocol text."""
+    k = k or model.cfg.eval.k_test
+    ensemble = ensemble or model.cfg.eval.frame_ensemble
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    itc = model.similarity(features.pooled_video.to(device), features.text_states[:, 0].to(device))
+    scores = rerank_topk(itc, model_pair_scorer(model, features, device), k, ensemble, pairs_per_call)
+    metrics = {
+        "itm": singularity_itm_eval(scores.v2t_itm, scores.t2v_itm, captions),
+        "itc": singularity_itm_eval(scores.v2t_itc, scores.t2v_itc, captions),
+    }
+    num_videos, num_frames = features.pooled_video.shape[:2]
+    return RetrievalEvaluation(
+        scores, metrics, describe_protocol(num_videos, features.text_states.shape[0], num_frames, k, ensemble)
+    )
+
+
+__all__ = [
+    "NOT_RERANKED",
+    "PairScorer",
+    "RetrievalScores",
+    "rerank_topk",
+    "RetrievalFeatures",
+    "extract_features",
+    "model_pair_scorer",
+    "RetrievalEvaluation",
+    "describe_protocol",
+    "evaluate_retrieval",
+]
