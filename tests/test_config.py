@@ -68,3 +68,12 @@ def test_save_roundtrip(tmp_path):
     cfg = load_config(None, ["lr=0.25"], Defaults)
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml", [], Defaults) == cfg
+
+
+def test_list_items_can_be_overridden_by_index(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  train:\n    - {path: a.json, weight: 1}\n    - {path: b.json, weight: 1}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["data.train.1.path=c.json", "data.train.0.weight=3"])
+    assert [d.path for d in cfg.data.train] == ["a.json", "c.json"]
+    assert cfg.data.train[0].weight == 3  # parsed as an int, as a dotlist value is
+    with pytest.raises(ConfigError, match="train"):
+        load_config(tmp_path / "c.yaml", ["data.train.5.path=x"])

@@ -52,8 +52,11 @@ def load_config(
         cfg = OmegaConf.structured(defaults) if defaults is not None else OmegaConf.create()
         if path is not None:
             cfg = OmegaConf.merge(cfg, _load_yaml(Path(path)))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for item in overrides:
+            key, value = item.split("=", 1)
+            # Parse the value as OmegaConf parses dotlists, then set it in place so that list items
+            # (`data.train.0.path=...`) and typed fields are addressed like any other key.
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
     except OmegaConfBaseException as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         key = getattr(e, "full_key", None)

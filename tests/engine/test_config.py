@@ -1,0 +1,54 @@
+import pytest
+
+from vidlab.engine.config import load_train_config, resolve_stages
+from vidlab.errors import ConfigError
+
+BASE = """
+recipe: fit
+name: s
+text: {tokenizer: somewhere}
+data:
+  num_frames: 4
+  train: [{name: v, annotations: a.json, batch_size: 8}]
+optim: {lr: 1.0e-4}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_stages_is_one_stage_named_train(tmp_path):
+    (stage,) = resolve_stages(load_train_config(_write(tmp_path, BASE)))
+    assert (stage.index, stage.dirname, stage.config.optim.lr) == (0, "0-train", 1e-4)
+
+
+def test_each_stage_merges_its_keys_over_the_base(tmp_path):
+    text = BASE + """
+stages:
+  - {name: one, data: {num_frames: 1, train: [{name: i, annotations: b.json, batch_size: 96}]}, optim: {lr: 1.0e-3}}
+  - {name: four}
+"""
+    one, four = resolve_stages(load_train_config(_write(tmp_path, text)))
+    assert (one.dirname, one.config.data.num_frames, one.config.optim.lr) == ("0-one", 1, 1e-3)
+    assert [t.batch_size for t in one.config.data.train] == [96]  # a list is replaced, not merged
+    assert (four.dirname, four.config.data.num_frames, four.config.optim.lr) == ("1-four", 4, 1e-4)
+    assert four.config.data.train[0].annotations == "a.json" and not four.config.stages
+
+
+def test_a_wrong_key_in_a_stage_names_the_stage_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(one\).*lrr"):
+        load_train_config(_write(tmp_path, BASE + "stages:\n  - {name: one, optim: {lrr: 1}}\n"))
+
+
+def test_wrong_keys_values_and_recipes_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.nope"):
+        load_train_config(_write(tmp_path, BASE), ["trainer.nope=1"])
+    with pytest.raises(ConfigError, match="warmup_steps or schedule.warmup_ratio"):
+        load_train_config(_write(tmp_path, BASE), ["schedule.warmup_steps=5", "schedule.warmup_ratio=0.1"])
+    with pytest.raises(ConfigError, match="precision"):
+        load_train_config(_write(tmp_path, BASE), ["trainer.precision=fp8"])
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_train_config(_write(tmp_path, "recipe: nope\n"))

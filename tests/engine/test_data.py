@@ -1,0 +1,80 @@
+import torch
+from torch.utils.data import Dataset
+
+from vidlab.engine.data import (
+    GlobalBatchSampler,
+    ResumableTrainLoader,
+    TrainSet,
+    eval_loader,
+)
+
+
+class Numbers(Dataset):
+    """Sample i is {'index': i, 'name': name}; records the epochs it was set to."""
+
+    def __init__(self, n: int, name: str):
+        self.n, self.name, self.epochs = n, name, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "name": self.name}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {"index": torch.tensor([s["index"] for s in samples]), "name": samples[0]["name"], "bad_samples": []}
+
+
+def test_ranks_split_each_global_batch_of_the_one_process_order():
+    single = list(GlobalBatchSampler(20, 8, seed=3))
+    ranks = [GlobalBatchSampler(20, 8, rank=r, world_size=2, seed=3) for r in range(2)]
+    per_rank = [list(s) for s in ranks]
+    assert len(single) == 2 == len(per_rank[0])  # the partial batch of 4 is dropped
+    assert [a + b for a, b in zip(*per_rank)] == single
+    shuffled = GlobalBatchSampler(20, 8, seed=3)
+    shuffled.set_epoch(1)
+    assert list(shuffled) != single  # a new permutation every epoch
+
+
+def _batches(loader) -> list[tuple[str, list[int]]]:
+    return [(b["name"], b["index"].tolist()) for b in loader]
+
+
+def test_zip_mixing_alternates_sets_and_resumes_at_any_batch():
+    def make(progress=None):
+        sets = [TrainSet("v", Numbers(12, "v"), 4, collate), TrainSet("i", Numbers(6, "i"), 2, collate)]
+        return ResumableTrainLoader(sets, seed=1, progress=progress)
+
+    loader = make()
+    loader.set_epoch(2)
+    full = _batches(loader)
+    assert len(loader) == 6 and [name for name, _ in full] == ["v", "i"] * 3  # 3 steps: the shortest set
+    assert all(len(ix) == (4 if name == "v" else 2) for name, ix in full)
+    for done in range(len(full)):  # a checkpoint taken after `done` batches of epoch 2
+        saved = make(progress=lambda done=done: done)
+        saved.set_epoch(2)
+        resumed = make()
+        resumed.load_state_dict(saved.state_dict())
+        assert _batches(resumed) == full[done:]
+        assert _batches(resumed) == full  # the next pass is a whole epoch again
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_resumes_with_the_next_epoch():
+    sets = [TrainSet("v", Numbers(12, "v"), 4, collate)]
+    loader = ResumableTrainLoader(sets, seed=1)
+    loader.load_state_dict({"epoch": 0, "batches": 3})
+    assert loader.epoch == 1
+    expected = ResumableTrainLoader(sets, seed=1)
+    expected.set_epoch(1)
+    assert _batches(loader) == _batches(expected)
+    assert sets[0].dataset.epochs[-1] == 1  # the dataset reseeds its samples per epoch
+
+
+def test_eval_shards_cover_every_sample_once():
+    dataset = Numbers(7, "t")
+    seen = [i for r in range(3) for b in eval_loader(dataset, 2, collate, rank=r, world_size=3) for i in b["index"].tolist()]
+    assert sorted(seen) == list(range(7))

@@ -1,0 +1,93 @@
+"""A tiny Frozen in Time setup on ShapesBench tiny: a BERT text tower and tokenizer made from the
+dataset's own caption words, and a config small enough for a few CPU steps per test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_text_folder(shapes_root: Path, out: Path, dropout: float = 0.1) -> Path:
+    """A transformers folder (config.json, model.safetensors, tokenizer files) of a 1-layer, 32-wide BERT
+    whose vocabulary is every word of the ShapesBench captions."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words: set[str] = set()
+    for annotation in (shapes_root / "annotations").glob("*.json"):
+        for entry in json.loads(annotation.read_text()):
+            for caption in entry.get("caption", []) if isinstance(entry, dict) else []:
+                words.update(re.findall(r"\w+|[^\w\s]", str(caption).lower()))
+    vocab = SPECIAL_TOKENS + sorted(words)
+    out.mkdir(parents=True, exist_ok=True)
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+def tiny_config(shapes_root: Path, text_folder: Path, output_dir: Path) -> dict[str, Any]:
+    """3 steps per epoch of 4 two-frame 32-px clips, 2 epochs, a 1-layer 32-wide video tower."""
+    return {
+        "recipe": "fit",
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "model": {
+            "base": "fit-tiny",
+            "video": {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_frames": 2},
+            "projection_dim": 16,
+        },
+        "text": {"tokenizer": str(text_folder), "weights": str(text_folder), "max_length": 16},
+        "data": {
+            "root": str(shapes_root),
+            "train": [{"name": "videos", "annotations": "annotations/captions_train.json", "batch_size": 4}],
+            "test": {"annotations": "annotations/captions_test.json"},
+            "num_frames": 2,
+            "transform": {"preset": "fit", "size": 32, "test_short_side": 32, "test_crop": 32, "hflip": 0.0},
+            "num_workers": 0,
+            "steps_per_epoch": 3,
+        },
+        "trainer": {"accelerator": "cpu", "max_epochs": 2, "log_every_n_steps": 1},
+        "optim": {"lr": 1.0e-3, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup_steps": 1},
+        "checkpoint": {"every_n_steps": 2, "keep": -1},
+        "logging": {"tensorboard": False, "progress_bar": False},
+        "eval": {"after_train": False, "batch_size": 8},
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def loss_curve(tensorboard_dir: Path) -> list[tuple[int, float]]:
+    """(step, value) of every logged train/loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]

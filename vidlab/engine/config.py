@@ -1,0 +1,204 @@
+"""The engine's typed config: run, trainer, optimizer, schedule, checkpoints, logging and stages.
+
+A recipe extends `TrainConfig` with its own sections (model, data, ...) and registers the subclass, so an
+unknown or wrongly typed key anywhere is a `ConfigError` naming the key. `stages` is a list of partial
+configs: stage i runs with the base config merged with `stages[i]` (its `name` aside), and starts from
+the weights the previous stage ended with. No stages means one stage, named `train`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vidlab.config import load_config
+from vidlab.errors import ConfigError
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how steps run; names follow `lightning.Trainer` where they mean the same."""
+
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = "auto"  # processes per node: an int, a list of GPU ids, or auto (torchrun/SLURM: from the launcher)
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_find_unused_parameters_true | fsdp
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
+    max_epochs: int = 1
+    max_steps: int = -1  # optimizer steps; -1: max_epochs decides
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    grad_checkpointing: bool = False  # activation checkpointing of the vision tower
+    val_check_interval: Any = None  # int: every N training batches; float: fraction of an epoch; None: epoch end
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. Biases, norm weights (every 1-D tensor) and parameters matching `no_decay` get no weight decay."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    no_decay: list[str] = field(default_factory=lambda: ["cls_token", "pos_embed", "temporal_embed"])
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-step learning-rate factor: linear warm-up (steps, or a ratio of all steps), then the schedule."""
+
+    name: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # floor of cosine / linear, as a fraction of optim.lr
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int | None = None  # periodic checkpoints; None: at every epoch end
+    keep: int = 2  # periodic checkpoints kept (newest); -1 keeps all
+    monitor: str | None = None  # metric of the best checkpoint; None: the recipe's default
+    mode: str = "max"
+    save_on_exception: bool = True  # a crash or Ctrl-C writes interrupted.ckpt (single process)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False  # needs the wandb package
+    wandb_project: str | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class DataConfig:
+    """What the engine reads of a recipe's data section; recipes subclass it with their datasets."""
+
+    num_workers: int = 2
+    steps_per_epoch: int | None = None  # cap on zipped steps per epoch (FiT's max_samples_per_epoch)
+    max_bad_fraction: float = 0.05  # training stops when more samples than this fail to read
+
+
+@dataclass
+class EvalConfig:
+    """What the engine reads of a recipe's eval section."""
+
+    split: str = "test"
+    after_train: bool = True  # evaluate the final weights on `split` when training ends
+    checkpoint: str | None = None  # weights for `vidlab eval CONFIG`
+
+
+@dataclass
+class TrainConfig:
+    """Fields every recipe shares; a recipe subclasses this with its model / data / eval sections."""
+
+    recipe: str = MISSING
+    name: str = "run"
+    output_dir: str = "runs"  # runs go to OUTPUT_DIR/NAME/TIMESTAMP
+    run_dir: str | None = None  # an explicit run folder instead
+    seed: int = 0
+    debug: bool = False  # a few steps per epoch and a few validation batches
+    debug_steps: int = 4
+    resume: str | None = None  # a .ckpt of a run, or 'auto': the newest checkpoint of the newest run of NAME
+    init_from: str | None = None  # weights the first stage starts from (a vidlab or official checkpoint)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    name: str
+    config: DictConfig  # the full config this stage runs with (no `stages` key)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.index}-{self.name}"
+
+
+_CONFIG_CLASSES: dict[str, type] = {}
+
+
+def register_config(recipe: str, config_class: type) -> None:
+    _CONFIG_CLASSES[recipe] = config_class
+
+
+def config_class(recipe: str) -> type:
+    from vidlab.recipes import RECIPE_MODULES  # noqa: F401 - importing registers the recipes
+
+    if recipe not in _CONFIG_CLASSES:
+        raise ConfigError(f"unknown recipe {recipe!r} (known: {', '.join(sorted(_CONFIG_CLASSES))})")
+    return _CONFIG_CLASSES[recipe]
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """YAML file + overrides, typed by the recipe the file names (`recipe: fit`); stages checked too."""
+    raw = load_config(path, overrides)
+    if "recipe" not in raw:
+        raise ConfigError(f"{path}: no 'recipe' key (e.g. recipe: fit)")
+    cfg = load_config(path, overrides, config_class(str(raw.recipe)))
+    resolve_stages(cfg)  # fail early on a bad stage
+    return cfg
+
+
+def _validate_numbers(cfg: DictConfig) -> None:
+    t, s = cfg.trainer, cfg.schedule
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if s.name not in SCHEDULES:
+        raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {s.name!r}")
+    if s.warmup_steps and s.warmup_ratio:
+        raise ConfigError("set schedule.warmup_steps or schedule.warmup_ratio, not both")
+    if not 0.0 <= s.warmup_ratio < 1.0:
+        raise ConfigError(f"schedule.warmup_ratio must be in [0, 1), got {s.warmup_ratio}")
+    if cfg.checkpoint.mode not in ("min", "max"):
+        raise ConfigError(f"checkpoint.mode must be 'min' or 'max', got {cfg.checkpoint.mode!r}")
+    if t.accumulate_grad_batches < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {t.accumulate_grad_batches}")
+
+
+def resolve_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages of a run, each with its full, typed config."""
+    entries = list(cfg.stages or [])
+    base = copy.deepcopy(cfg)
+    base.stages = []
+    if not entries:
+        _validate_numbers(base)
+        return [Stage(0, "train", base)]
+    stages = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, (dict, DictConfig)):
+            raise ConfigError(f"stages[{index}] must be a mapping of config keys, got {type(entry).__name__}")
+        entry = OmegaConf.to_container(entry) if isinstance(entry, DictConfig) else dict(entry)
+        name = str(entry.pop("name", f"stage{index}"))
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"stages[{index}].name {name!r}: use letters, digits, '-' and '_'")
+        if "stages" in entry:
+            raise ConfigError(f"stages[{index}]: a stage cannot hold stages")
+        try:
+            merged = OmegaConf.merge(base, entry)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None)
+            raise ConfigError(f"stages[{index}] ({name}): {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
+        _validate_numbers(merged)  # type: ignore[arg-type]
+        stages.append(Stage(index, name, merged))  # type: ignore[arg-type]
+    return stages

@@ -1,0 +1,175 @@
+"""Training and evaluation loaders that shard by rank, resume mid-epoch, and mix datasets FiT's way.
+
+- `GlobalBatchSampler` draws one permutation per (seed, epoch) and cuts it into *global* batches; rank r
+  takes the r-th slice of each. The samples of a step are therefore the same for 1 process with batch B*W
+  as for W processes with batch B each, which is what makes multi-process runs comparable to one process.
+- `ResumableTrainLoader` zips one loader per dataset (`vidlab.data.mixing.ZipLoader`, FiT: one batch of
+  each per step) and yields their batches one by one, so each batch gets its own forward/backward/step,
+  as in FiT. It implements `state_dict` / `load_state_dict`, which Lightning stores in its checkpoints:
+  the state is (epoch, batches done), read from the trainer's progress, and a resumed loader starts at
+  that batch without reading the skipped ones.
+- `eval_loader` shards an evaluation set without padding: rank r reads samples r, r+W, r+2W, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vidlab.data.mixing import ZipLoader, set_epoch
+from vidlab.data.quality import BAD_SAMPLES_KEY, BadSampleTracker
+from vidlab.errors import ConfigError
+
+Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+@dataclass
+class TrainSet:
+    """A training dataset, its global batch size (summed over ranks) and its collate function."""
+
+    name: str
+    dataset: Dataset
+    batch_size: int
+    collate: Collate
+
+
+class GlobalBatchSampler:
+    """Per-rank index lists of global batches: `len` batches per epoch, the last partial one dropped."""
+
+    def __init__(self, num_samples: int, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
+        if global_batch_size % world_size:
+            raise ConfigError(f"batch size {global_batch_size} is not divisible by the {world_size} processes")
+        if num_samples < global_batch_size:
+            raise ConfigError(f"{num_samples} samples cannot fill one batch of {global_batch_size}")
+        self.num_samples = num_samples
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.global_batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
+        for batch in range(self.start_batch, len(self)):
+            first = batch * self.global_batch_size + self.rank * self.local_batch_size
+            yield order[first : first + self.local_batch_size].tolist()
+
+
+class ResumableTrainLoader:
+    """FiT-style mixing of one or more training sets, sharded by rank, resumable mid-epoch.
+
+    `progress` returns how many of this epoch's batches the training loop has finished (the trainer's
+    count, not this iterator's, which runs ahead by the prefetched batches).
+    """
+
+    def __init__(
+        self,
+        sets: Sequence[TrainSet],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_workers: int = 0,
+        steps_per_epoch: int | None = None,
+        tracker: BadSampleTracker | None = None,
+        pin_memory: bool = False,
+        progress: Callable[[], int] | None = None,
+    ):
+        if not sets:
+            raise ConfigError("training needs at least one dataset")
+        self.sets = list(sets)
+        self.samplers = [GlobalBatchSampler(len(s.dataset), s.batch_size, rank, world_size, seed) for s in self.sets]
+        self.seed = seed
+        self.num_workers = num_workers
+        self.steps_per_epoch = steps_per_epoch
+        self.tracker = tracker
+        self.pin_memory = pin_memory
+        self.progress = progress
+        self.epoch = 0
+        self._resume_at = 0
+
+    @property
+    def steps(self) -> int:
+        """Zipped steps per epoch: the shortest set's batches, capped by `steps_per_epoch`."""
+        shortest = min(len(s) for s in self.samplers)
+        return shortest if self.steps_per_epoch is None else min(shortest, self.steps_per_epoch)
+
+    def __len__(self) -> int:
+        return self.steps * len(self.sets)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.progress() if self.progress is not None else 0
+        return {"epoch": self.epoch, "batches": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._resume_at = int(state["epoch"]), int(state["batches"])
+        if self._resume_at >= len(self):  # saved at the last batch of an epoch: the next one starts fresh
+            self.epoch, self._resume_at = self.epoch + 1, 0
+
+    def _loader(self, train_set: TrainSet, sampler: GlobalBatchSampler) -> Any:
+        set_epoch(train_set.dataset, self.epoch)
+        sampler.set_epoch(self.epoch)
+        loader = DataLoader(
+            train_set.dataset,
+            batch_sampler=sampler,
+            collate_fn=train_set.collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # its own generator: creating worker seeds must not consume the global RNG the model uses
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return self.tracker.wrap(loader) if self.tracker is not None else loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        start, self._resume_at = self._resume_at, 0
+        first_step, skip = divmod(start, len(self.sets))
+        for sampler in self.samplers:
+            sampler.start_batch = first_step
+        loaders = [self._loader(s, sampler) for s, sampler in zip(self.sets, self.samplers)]
+        for step, batches in enumerate(ZipLoader(loaders, max_steps=self.steps - first_step)):
+            for position, batch in enumerate(batches):
+                if step == 0 and position < skip:
+                    continue
+                batch.pop(BAD_SAMPLES_KEY, None)  # counted by the tracker; not for the device
+                yield batch
+
+
+class _ShardSampler:
+    """Indices rank, rank + W, rank + 2W, ... in order: no padding, so no sample is seen twice."""
+
+    def __init__(self, num_samples: int, rank: int, world_size: int):
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, collate: Collate, *, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> DataLoader:
+    """This rank's shard of an evaluation set, in index order."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=_ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
+        collate_fn=collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )

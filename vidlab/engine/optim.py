@@ -1,0 +1,77 @@
+"""AdamW with no-decay parameter groups and per-step learning-rate schedules with warm-up."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from vidlab.errors import ConfigError
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> list[dict]:
+    """Two AdamW groups: decayed weights, and biases / norm weights (1-D) plus names matching `no_decay`.
+
+    Frozen parameters (requires_grad False) are left out, so they never enter the optimizer state.
+    """
+    patterns = [re.compile(p) for p in no_decay]
+    decay, exempt = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or any(p.search(name) for p in patterns):
+            exempt.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: DictConfig, allow_fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over `param_groups` from an `OptimConfig`; the fused kernel where every parameter allows it
+    (CPU/CUDA floats: ~10x faster than the default loop on a CPU, with a large text vocabulary).
+    `allow_fused` False for mixed precision, whose gradient clipping needs the unfused step."""
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"optim.betas needs two values, got {list(cfg.betas)}")
+    groups = param_groups(model, cfg.weight_decay, list(cfg.no_decay))
+    if not groups:
+        raise ConfigError("the model has no trainable parameter")
+    params = [p for g in groups for p in g["params"]]
+    fused = allow_fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+
+
+def warmup_steps(cfg: DictConfig, total_steps: int) -> int:
+    """Warm-up length in steps: `warmup_steps`, or `warmup_ratio` of the run's optimizer steps."""
+    return int(cfg.warmup_steps) if cfg.warmup_steps else round(cfg.warmup_ratio * total_steps)
+
+
+def lr_factor(cfg: DictConfig, total_steps: int) -> Callable[[int], float]:
+    """step -> multiplier of the base lr: linear warm-up from 0, then constant, cosine or linear decay to
+    `min_lr_ratio` at `total_steps`."""
+    warmup = warmup_steps(cfg, total_steps)
+    floor = float(cfg.min_lr_ratio)
+    name = cfg.name
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if name == "cosine":
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if name == "linear":
+            return floor + (1.0 - floor) * (1.0 - progress)
+        raise ConfigError(f"schedule.name must be constant, cosine or linear, got {name!r}")
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR to be stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))

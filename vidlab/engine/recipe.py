@@ -1,0 +1,100 @@
+"""What a recipe supplies to the engine: the model, the data, the loss of a batch and the evaluation.
+
+The engine owns everything generic (loops, devices, precision, optimizer, schedule, checkpoints, logging,
+resume, stages); a recipe (`vidlab.recipes.<system>`) holds only what is specific to its paper.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from vidlab.engine.config import register_config
+from vidlab.engine.data import Collate, TrainSet
+from vidlab.errors import ConfigError
+
+Gather = Callable[[Tensor], Tensor]  # local (B, ...) -> global (B * world, ...), gradients flowing back
+
+
+@dataclass
+class EvalSet:
+    """An evaluation split: dataset, per-process batch size, collate function."""
+
+    split: str
+    dataset: Dataset
+    batch_size: int
+    collate: Collate
+
+
+class Recipe(ABC):
+    """One system's training and evaluation, for one stage's config."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    default_monitor: ClassVar[str | None] = None
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
+        """The model and its model config, initialised from `init_from` (a checkpoint path or a state dict
+        with the model's own names) when given."""
+
+    @abstractmethod
+    def train_sets(self) -> list[TrainSet]:
+        """The training datasets (bad-sample policy `skip`), mixed by the engine."""
+
+    @abstractmethod
+    def eval_set(self, split: str) -> EvalSet | None:
+        """An evaluation split (bad-sample policy `raise`), or None when the config has none."""
+
+    @abstractmethod
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor:
+        """The loss of one batch; `gather` collects a tensor over all processes (identity on one)."""
+
+    @abstractmethod
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Per-row outputs of one batch; the engine concatenates them over batches and processes."""
+
+    @abstractmethod
+    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+        """Flat metric names -> values from every process's outputs."""
+
+    @abstractmethod
+    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
+        """The protocol of an evaluation (split, what was queried, how it was scored), for printing."""
+
+    def format_metrics(self, metrics: dict[str, float], split: str) -> str:
+        """The numbers of an evaluation as printed after its protocol."""
+        width = max((len(k) for k in metrics), default=0)
+        return "\n".join(f"  {split}/{key:<{width}}  {value:8.2f}" for key, value in metrics.items())
+
+    def wrap_modules(self) -> set[type[nn.Module]]:
+        """Module classes FSDP shards (and checkpoints activations of) one by one."""
+        return set()
+
+
+_RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(recipe: type[Recipe]) -> type[Recipe]:
+    """Class decorator: make `recipe: NAME` in configs refer to this recipe."""
+    _RECIPES[recipe.name] = recipe
+    register_config(recipe.name, recipe.config_class)
+    return recipe
+
+
+def get_recipe(cfg: DictConfig) -> Recipe:
+    from vidlab.recipes import RECIPE_MODULES  # noqa: F401 - importing registers the recipes
+
+    if cfg.recipe not in _RECIPES:
+        raise ConfigError(f"unknown recipe {cfg.recipe!r} (known: {', '.join(sorted(_RECIPES))})")
+    return _RECIPES[cfg.recipe](cfg)

