@@ -2,8 +2,12 @@
 
 __version__ = "0.1.0"
 
-_LAZY = {"create_model": "vidlab.models", "list_models": "vidlab.models"}
-__all__ = ["create_model", "list_models", "__version__"]
+_LAZY = {
+    "create_model": "vidlab.models",
+    "list_models": "vidlab.models",
+    "create_transforms": "vidlab.models.preprocess",
+}
+__all__ = ["create_model", "create_transforms", "list_models", "__version__"]
 
 
 def __getattr__(name: str):

@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Lightning prints through its own console handler; keep its records from printing twice via the root.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).propagate = False
     try:
         return int(args.func(args) or 0)
     except VidlabError as e:
