@@ -484,7 +484,7 @@ def render_markdown(report: BenchReport) -> str:
         "",
         f"{len(report.videos)} videos{f' ({report.video_note})' if report.video_note else ''}, "
         f"{report.clips} clips per setup, seed {report.seed}; PyAV {av.__version__}, torch {torch.__version__}, "
-        f"ffmpeg CLI {report.ffmpeg}.",
+        f"ffmpeg CLI {Path(report.ffmpeg).name}.",
         "",
         markdown_table(headers, rows, right_align_from=3),
         "",
