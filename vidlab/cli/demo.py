@@ -1,71 +1,143 @@
 """`vidlab demo`: the README's main job, end to end on ShapesBench.
 
-For now it is the data smoke run of the foundation: generate ShapesBench, probe it, stream its training
-split through the FiT input pipeline (sampler, decoder, transforms, DataLoader workers, bad-sample
-accounting) and print the single-frame baseline table that shows which tasks need motion.
+Generates ShapesBench (when missing), trains Frozen in Time with its 1 -> 4-frame curriculum (text tower
+all-MiniLM-L6-v2), evaluates text-to-video and video-to-text retrieval on the test split after every
+stage, overall and on the temporal captions (those one frame cannot match), and writes a run report:
+RUN/report.html with the metrics table, the training curves and the top-5 test videos of a few text
+queries for each stage. The metrics table and the report's path are printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-DEFAULT_DATA = Path("data") / "shapes_small"
+from vidlab.cli._group import add_overrides
+
+if TYPE_CHECKING:
+    import torch
+    from omegaconf import DictConfig
+
+    from vidlab.data.formats import MediaRecord
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fit" / "demo.yaml"
+# pairs that differ only in time (one frame cannot tell them apart), worded as ShapesBench captions are,
+# and one appearance query that a single frame answers
+QUERIES = (
+    "a red square moves left",
+    "a red square moves right",
+    "a pink triangle spins clockwise",
+    "a pink triangle spins anticlockwise",
+    "a green circle grows",
+    "a green circle shrinks",
+    "a yellow star",
+)
+TOP_K = 5
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the ShapesBench demo (the README's main job)", description=__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"ShapesBench folder (default: {DEFAULT_DATA})")
-    parser.add_argument("--size", default="small", choices=("tiny", "small"), help="ShapesBench size (default: small)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
-    parser.add_argument("--batches", type=int, default=20, help="training batches to stream (default: 20)")
+    parser = subparsers.add_parser(
+        "demo",
+        help="train + evaluate FiT on ShapesBench and write an HTML report (the README's main job)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (default: configs/fit/demo.yaml)")
+    parser.add_argument("--data", type=Path, default=None, help="ShapesBench folder, generated when missing (default: the config's data.root)")
+    parser.add_argument("--out", type=Path, default=None, help="runs folder; the run goes to OUT/NAME/TIMESTAMP (default: the config's output_dir)")
+    add_overrides(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def retrieve(stage_cfg: DictConfig, model_dir: Path, queries: Sequence[str], k: int = TOP_K) -> list[tuple[str, list[tuple[int, float]]]]:
+    """(query, [(test record index, cosine score)] best first) with the stage's final weights.
+
+    Videos are embedded as the evaluation embeds them (the recipe's eval set and eval step), so the
+    thumbnails show what the metrics table scores.
+    """
     import torch
+    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from vidlab.bench.shapes_baselines import format_baselines, shapes_baselines
-    from vidlab.data.datasets import VideoTextDataset, collate_samples
-    from vidlab.data.formats import read_annotations
-    from vidlab.data.quality import BadSampleTracker
-    from vidlab.data.shapesbench import generate, read_manifest
-    from vidlab.data.transforms import build_transform
-    from vidlab.io import probe
-    from vidlab.io.sampling import make_sampler
+    from vidlab.engine.recipe import get_recipe
 
-    print(f"[1/4] ShapesBench {args.size} in {args.data}")
-    root = generate(args.data, size=args.size, seed=0)
-    manifest = read_manifest(root)
-    print(f"      {manifest.get('counts', manifest)}")
+    recipe = get_recipe(stage_cfg)
+    model, _ = recipe.build_model(model_dir)
+    model.eval()
+    eval_set = recipe.eval_set(stage_cfg.eval.split)
+    loader = DataLoader(eval_set.dataset, batch_size=eval_set.batch_size, collate_fn=eval_set.collate, num_workers=stage_cfg.data.num_workers)
+    video_embeds, video_index = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            rows = recipe.eval_step(model, batch)
+            video_embeds.append(rows["video_embeds"].cpu())
+            video_index.append(rows["video_index"].cpu())
+        tokens = eval_set.collate.tokenize(list(queries))
+        text_embeds = F.normalize(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float(), dim=-1)
+    scores = text_embeds @ torch.cat(video_embeds).T
+    index = torch.cat(video_index)
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [
+        (query, [(int(index[j]), float(s)) for s, j in zip(values.tolist(), positions.tolist())])
+        for query, values, positions in zip(queries, top.values, top.indices)
+    ]
 
-    records = read_annotations("singularity", root / "annotations" / "captions_train.json", root=root)
-    print(f"[2/4] probe: {len(records)} training clips")
-    infos = [probe(r.path) for r in records[:200]]
-    codecs = sorted({f"{i.codec} {i.width}x{i.height}" for i in infos})
-    fps = sorted({round(i.fps, 2) for i in infos})
-    print(f"      first 200: {', '.join(codecs)}; fps {fps}; audio in {sum(i.has_audio for i in infos)}")
 
-    print(f"[3/4] FiT input pipeline: 4 random frames per clip, train transforms, {args.workers} workers")
-    dataset = VideoTextDataset(
-        records, make_sampler("fit_rand", num_frames=4), build_transform({"preset": "fit", "size": 64}, train=True),
-        num_frames=4, seed=0,
-    )
-    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=args.workers, collate_fn=collate_samples)
-    tracker = BadSampleTracker()
-    start, clips = time.perf_counter(), 0
-    for step, batch in enumerate(tracker.wrap(loader)):
-        clips += len(batch["index"])
-        if step + 1 >= args.batches:
-            break
-    seconds = time.perf_counter() - start
-    print(f"      {clips} clips in {seconds:.1f} s ({clips / seconds:.1f} clips/s); batch video {tuple(batch['video'].shape)}"
-          f" {batch['video'].dtype}, mean {batch['video'].float().mean():.3f}")
-    print(f"      caption: {batch['caption'][0]!r}")
-    print(f"      {tracker.summary()}")
+def _shown_caption(record: MediaRecord) -> str:
+    """The record's first temporal caption (what the temporal queries are about), else its first caption."""
+    flags = list(record.extra.get("temporal") or [])
+    return next((c for c, f in zip(record.captions, flags) if f), record.captions[0] if record.captions else "")
 
-    print("[4/4] single-frame baselines (a model that sees one frame cannot solve the temporal tasks)")
-    print(format_baselines(shapes_baselines(root, num_threads=max(1, torch.get_num_threads()))))
+
+def _middle_frame(path: Path) -> torch.Tensor:
+    from vidlab.io import probe, read_frames
+
+    return read_frames(path, [probe(path).num_frames // 2])[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidlab.data.shapesbench import generate
+    from vidlab.engine.config import load_train_config, resolve_stages
+    from vidlab.engine.recipe import get_recipe
+    from vidlab.engine.report import QueryResult, RetrievedVideo, format_metrics_table, write_report
+    from vidlab.engine.runner import MODEL_DIR, train
+
+    started = time.perf_counter()
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.root={args.data}")
+    if args.out is not None:
+        overrides.append(f"output_dir={args.out}")
+    cfg = load_train_config(args.config, overrides)
+    source = cfg.data.shapesbench
+    if source is not None:
+        print(f"[1/4] ShapesBench {source.size} in {cfg.data.root}")
+        generate(cfg.data.root, source.size, source.seed)
+    print(f"[2/4] training {cfg.name}: stages {', '.join(s.dirname for s in resolve_stages(cfg))}, "
+          f"evaluating {cfg.eval.split} after each")
+    result = train(cfg, eval_every_stage=True)
+
+    print(f"[3/4] text queries: top-{TOP_K} {cfg.eval.split} videos per stage")
+    queries: list[QueryResult] = []
+    frames: dict[Path, torch.Tensor] = {}
+    for stage in resolve_stages(cfg):
+        records = get_recipe(stage.config).eval_set(cfg.eval.split).dataset.records
+        for query, hits in retrieve(stage.config, result.run_dir / stage.dirname / MODEL_DIR, QUERIES):
+            videos = [RetrievedVideo(Path(records[i].path), _shown_caption(records[i]), score) for i, score in hits]
+            queries.append(QueryResult(stage.name, query, videos))
+            for video in videos:
+                if video.path not in frames:
+                    frames[video.path] = _middle_frame(video.path)
+
+    print("[4/4] report")
+    table = format_metrics_table(result.stage_metrics)
+    seconds = time.perf_counter() - started
+    notes = [f"config: {args.config.name}; run folder: {result.run_dir}; demo wall time {seconds:.0f} s (training {result.wall_time_s:.0f} s)"]
+    report = write_report(result.run_dir, result.stage_dirs, result.stage_metrics, queries, frames, f"vidlab demo: {cfg.name}", notes)
+    print(f"\n{cfg.eval.split} retrieval per stage (R@K in %):\n{table}\n")
+    print(f"report: {report}")
+    print(f"demo finished in {seconds:.0f} s")
     return 0

@@ -55,6 +55,7 @@ class TrainResult:
     stage_dirs: list[Path]
     model_dir: Path  # final weights of the last stage (a vidlab checkpoint)
     metrics: dict[str, float] = field(default_factory=dict)  # the evaluation after training, if any
+    stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage name -> its evaluation
     wall_time_s: float = 0.0
 
 
@@ -317,11 +318,13 @@ def _save_final(trainer: pl.Trainer, module: VidlabModule, model_cfg: DictConfig
     distributed.barrier()
 
 
-def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = (), eval_every_stage: bool = False) -> TrainResult:
     """Run every stage of `cfg` (a config from `load_train_config`), resuming when `cfg.resume` says so.
 
     A stage builds its model and datasets before anything is written, so a bad annotation file or model
     name fails before a run folder exists. `callbacks` are extra Lightning callbacks for every stage.
+    `eval_every_stage` evaluates `eval.split` after every stage run here, not only the last (to compare the
+    stages of a curriculum); each stage's numbers go to `I-STAGE/eval_SPLIT.json` and `stage_metrics`.
     """
     started = time.perf_counter()
     stages = resolve_stages(cfg)
@@ -331,8 +334,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     run_dir = Path(distributed.broadcast_object(str(resumed_dir or _new_run_dir(cfg))))
     tracker = BadSampleTracker(max_bad_fraction=stages[0].config.data.max_bad_fraction)
     init_from: str | Path | None = cfg.init_from
-    module: VidlabModule | None = None
-    trainer: pl.Trainer | None = None
+    stage_metrics: dict[str, dict[str, float]] = {}
     last = stages[-1]
     for stage in stages:
         stage_dir = run_dir / stage.dirname
@@ -344,7 +346,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         recipe = get_recipe(scfg)
         module, model_cfg = _module(recipe, scfg, init_from)
         train_sets = recipe.train_sets()
-        splits = ["val"] + ([scfg.eval.split] if stage is last and scfg.eval.after_train else [])
+        evaluates = scfg.eval.after_train and (stage is last or eval_every_stage)
+        splits = ["val"] + ([scfg.eval.split] if evaluates else [])
         _attach_eval(module, recipe, splits, rank, world, scfg.data.num_workers)
         trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
         if rank == 0:
@@ -372,12 +375,15 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         trainer.save_checkpoint(stage_dir / CHECKPOINT_DIR / "last.ckpt", weights_only=False)
         _save_final(trainer, module, model_cfg, stage_dir / MODEL_DIR, recipe)
         init_from = stage_dir / MODEL_DIR
+        split = scfg.eval.split
+        if evaluates and split in module.eval_loaders:
+            out_file = run_dir / f"eval_{split}.json" if stage is last else stage_dir / f"eval_{split}.json"
+            stage_metrics[stage.name] = _run_eval(trainer, module, split, out_file)
     if rank == 0 and tracker.attempts:
         print(tracker.summary())
     result = TrainResult(run_dir, [run_dir / s.dirname for s in stages], run_dir / last.dirname / MODEL_DIR)
-    split = last.config.eval.split
-    if module is not None and trainer is not None and split in module.eval_loaders and last.config.eval.after_train:
-        result.metrics = _run_eval(trainer, module, split, run_dir / f"eval_{split}.json")
+    result.stage_metrics = stage_metrics
+    result.metrics = stage_metrics.get(last.name, {})
     result.wall_time_s = time.perf_counter() - started
     if rank == 0:
         print(f"training finished in {result.wall_time_s:.1f} s; final weights: {result.model_dir}")
