@@ -38,7 +38,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
-from vidlab.models.beit import NUM_SPECIAL_OFFSETS, VisionTowerConfig, relative_bias_table_size
+from vidlab.models.beit import (
+    NUM_SPECIAL_OFFSETS,
+    VisionTowerConfig,
+    relative_bias_table_size,
+)
 from vidlab.models.checkpoint import (
     ForeignObject,
     KeyMap,
@@ -51,28 +55,14 @@ from vidlab.models.checkpoint import (
 )
 from vidlab.models.errors import CheckpointError
 from vidlab.models.factory import register_checkpoint_format, typed_model_config
+from vidlab.models.text import HUB_TEXT_CONFIGS
 
 logger = logging.getLogger(__name__)
 
 FAMILY = "singularity"
 
-# configs/config_bert.json of the official repo (bert-base-uncased + fusion_layer 9).
-OFFICIAL_BERT_BASE: dict[str, Any] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "vocab_size": 30522,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "initializer_range": 0.02,
-    "pad_token_id": 0,
-    "fusion_layer": 9,
-}
+# configs/config_bert.json of the official repo: bert-base-uncased + fusion_layer 9.
+OFFICIAL_BERT_BASE: dict[str, Any] = {**HUB_TEXT_CONFIGS["bert-base-uncased"], "initializer_range": 0.02, "fusion_layer": 9}
 # microsoft/beit-base-patch16-224-pt22k-ft22k (configs/beit-base-patch16-224-pt22k-ft22k.json).
 OFFICIAL_BEIT_BASE: dict[str, Any] = {
     "arch": "beit",
