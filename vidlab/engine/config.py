@@ -98,6 +98,7 @@ class EvalConfig:
 
     split: str = "test"
     after_train: bool = True  # evaluate the final weights on `split` when training ends
+    every_stage: bool = False  # with after_train: also evaluate each earlier stage's weights (curricula)
     checkpoint: str | None = None  # weights for `vidlab eval CONFIG`
 
 

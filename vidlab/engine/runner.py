@@ -318,12 +318,12 @@ def _save_final(trainer: pl.Trainer, module: VidlabModule, model_cfg: DictConfig
     distributed.barrier()
 
 
-def train(cfg: DictConfig, callbacks: Sequence[Callback] = (), eval_every_stage: bool = False) -> TrainResult:
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Run every stage of `cfg` (a config from `load_train_config`), resuming when `cfg.resume` says so.
 
     A stage builds its model and datasets before anything is written, so a bad annotation file or model
     name fails before a run folder exists. `callbacks` are extra Lightning callbacks for every stage.
-    `eval_every_stage` evaluates `eval.split` after every stage run here, not only the last (to compare the
+    `eval.every_stage` evaluates `eval.split` after every stage run here, not only the last (to compare the
     stages of a curriculum); each stage's numbers go to `I-STAGE/eval_SPLIT.json` and `stage_metrics`.
     """
     started = time.perf_counter()
@@ -346,7 +346,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = (), eval_every_stage:
         recipe = get_recipe(scfg)
         module, model_cfg = _module(recipe, scfg, init_from)
         train_sets = recipe.train_sets()
-        evaluates = scfg.eval.after_train and (stage is last or eval_every_stage)
+        evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
         _attach_eval(module, recipe, splits, rank, world, scfg.data.num_workers)
         trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
