@@ -239,6 +239,10 @@ class KeyMap:
     rules: tuple[tuple[str, str], ...]
     ignore: tuple[str, ...] = ()
 
+    def nested(self, source_prefix: str, target_prefix: str) -> tuple[tuple[str, str], ...]:
+        """The rules for the same keys nested under `source_prefix` in a checkpoint and `target_prefix` in a model."""
+        return tuple((re.escape(source_prefix) + pattern, target_prefix + target) for pattern, target in self.rules)
+
     def apply(self, state_dict: Mapping[str, Tensor]) -> MappedStateDict:
         compiled = [(re.compile(pattern), target) for pattern, target in self.rules]
         ignored = [re.compile(pattern) for pattern in self.ignore]

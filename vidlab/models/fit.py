@@ -26,7 +26,7 @@ from vidlab.models.errors import CheckpointError
 from vidlab.models.factory import ModelFamily, register_checkpoint_format, register_family, typed_model_config
 from vidlab.models.space_time import SpaceTimeConfig, SpaceTimeTransformer
 from vidlab.models.text import HUB_TEXT_CONFIGS, HFTextTower, TextTowerConfig
-from vidlab.models.vit_weights import load_image_vit_weights
+from vidlab.models.vit_weights import TIMM_VIT_TO_SPACE_TIME, load_image_vit_weights
 
 logger = logging.getLogger(__name__)
 
@@ -148,19 +148,13 @@ def adapt_fit_state_dict(cfg: DictConfig, tensors: dict[str, Tensor]) -> tuple[d
 
 _VB = r"video_model\.blocks\.(\d+)\."
 _P = r"(weight|bias)"
+# The spatial part of FiT's video model is a timm ViT under `video_model.`; the rest is FiT's own.
 OFFICIAL_FIT_KEY_MAP = KeyMap(
-    rules=(
-        (r"video_model\.cls_token", "video_encoder.cls_token"),
-        (r"video_model\.pos_embed", "video_encoder.spatial_pos_embed"),
+    rules=TIMM_VIT_TO_SPACE_TIME.nested("video_model.", "video_encoder.")
+    + (
         (r"video_model\.temporal_embed", "video_encoder.temporal_embed"),
-        (rf"video_model\.patch_embed\.proj\.{_P}", r"video_encoder.patch_embed.\1"),
         (rf"{_VB}norm3\.{_P}", r"video_encoder.blocks.\1.time_norm.\2"),
         (rf"{_VB}timeattn\.(qkv|proj)\.{_P}", r"video_encoder.blocks.\1.time_attn.\2.\3"),
-        (rf"{_VB}norm1\.{_P}", r"video_encoder.blocks.\1.space_norm.\2"),
-        (rf"{_VB}attn\.(qkv|proj)\.{_P}", r"video_encoder.blocks.\1.space_attn.\2.\3"),
-        (rf"{_VB}norm2\.{_P}", r"video_encoder.blocks.\1.mlp_norm.\2"),
-        (rf"{_VB}mlp\.(fc1|fc2)\.{_P}", r"video_encoder.blocks.\1.mlp.\2.\3"),
-        (rf"video_model\.norm\.{_P}", r"video_encoder.final_norm.\1"),
         (r"text_model\.(.+)", r"text_encoder.backbone.\1"),
         (rf"txt_proj\.1\.{_P}", r"text_proj.\1"),
         (rf"vid_proj\.0\.{_P}", r"video_proj.\1"),
