@@ -1,12 +1,17 @@
 import torch
 from torch.utils.data import Dataset
 
+import pytest
+
+from vidlab.data.mixing import loader_schedule
 from vidlab.engine.data import (
+    TRAIN_SET_KEY,
     GlobalBatchSampler,
     ResumableTrainLoader,
     TrainSet,
     eval_loader,
 )
+from vidlab.errors import ConfigError
 
 
 class Numbers(Dataset):
@@ -61,6 +66,42 @@ def test_zip_mixing_alternates_sets_and_resumes_at_any_batch():
         resumed.load_state_dict(saved.state_dict())
         assert _batches(resumed) == full[done:]
         assert _batches(resumed) == full  # the next pass is a whole epoch again
+
+
+def test_schedule_mixing_draws_one_set_per_step_and_resumes_at_any_batch():
+    def make(progress=None, steps_per_epoch=None):
+        sets = [TrainSet("v", Numbers(12, "v"), 4, collate), TrainSet("i", Numbers(10, "i"), 2, collate)]
+        return ResumableTrainLoader(sets, seed=1, progress=progress, mixing="schedule", steps_per_epoch=steps_per_epoch)
+
+    loader = make()
+    loader.set_epoch(1)
+    full = _batches(loader)
+    assert len(loader) == len(full) == 3 + 5  # every batch of every set, one per step
+    expected_names = ["vi"[i] for i in loader_schedule([3, 5], seed=1, epoch=1)]
+    assert [name for name, _ in full] == expected_names
+    for name, size in (("v", 4), ("i", 2)):  # each set's batches are its own permutation, each sample once
+        seen = [i for n, ix in full if n == name for i in ix]
+        assert len(seen) == len(set(seen)) and all(len(ix) == size for n, ix in full if n == name)
+    for done in range(len(full)):
+        saved = make(progress=lambda done=done: done)
+        saved.set_epoch(1)
+        resumed = make()
+        resumed.load_state_dict(saved.state_dict())
+        assert _batches(resumed) == full[done:]
+    capped = make(steps_per_epoch=5)
+    capped.set_epoch(1)
+    assert len(capped) == 5 and _batches(capped) == full[:5]
+
+
+def test_batches_name_their_training_set_and_bad_mixing_is_a_config_error():
+    sets = [TrainSet("v", Numbers(8, "v"), 4, collate), TrainSet("i", Numbers(8, "i"), 4, collate)]
+    for mixing in ("zip", "schedule"):
+        assert {b[TRAIN_SET_KEY] for b in ResumableTrainLoader(sets, mixing=mixing)} == {"v", "i"}
+        assert all(b[TRAIN_SET_KEY] == b["name"] for b in ResumableTrainLoader(sets, mixing=mixing))
+    with pytest.raises(ConfigError, match="data.mixing"):
+        ResumableTrainLoader(sets, mixing="round_robin")
+    with pytest.raises(ConfigError, match="distinct names"):
+        ResumableTrainLoader([sets[0], sets[0]])
 
 
 def test_a_checkpoint_at_the_end_of_an_epoch_resumes_with_the_next_epoch():

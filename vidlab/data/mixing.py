@@ -92,8 +92,15 @@ class MetaLoader:
         return [names[i] for i in loader_schedule(lengths, self.seed, self.epoch)]
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        iterators = {name: iter(loader) for name, loader in self.loaders.items()}
-        for name in self.schedule():
+        return self.iterate(self.schedule())
+
+    def iterate(self, schedule: Sequence[str]) -> Iterator[tuple[str, Any]]:
+        """`(name, batch)` following an explicit schedule (e.g. the rest of an epoch, when resuming);
+        a loader not named in it is never started."""
+        iterators: dict[str, Iterator] = {}
+        for name in schedule:
+            if name not in iterators:
+                iterators[name] = iter(self.loaders[name])
             try:
                 batch = next(iterators[name])
             except StopIteration:

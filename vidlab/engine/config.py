@@ -88,7 +88,8 @@ class DataConfig:
     """What the engine reads of a recipe's data section; recipes subclass it with their datasets."""
 
     num_workers: int = 2
-    steps_per_epoch: int | None = None  # cap on zipped steps per epoch (FiT's max_samples_per_epoch)
+    mixing: str = "zip"  # several training sets: zip (FiT, one batch of each per step) | schedule (Singularity)
+    steps_per_epoch: int | None = None  # cap on steps per epoch (FiT's max_samples_per_epoch)
     max_bad_fraction: float = 0.05  # training stops when more samples than this fail to read
 
 
@@ -100,6 +101,7 @@ class EvalConfig:
     after_train: bool = True  # evaluate the final weights on `split` when training ends
     every_stage: bool = False  # with after_train: also evaluate each earlier stage's weights (curricula)
     checkpoint: str | None = None  # weights for `vidlab eval CONFIG`
+    output_dir: str | None = None  # `vidlab eval` writes eval_SPLIT.json and the recipe's figures here
 
 
 @dataclass

@@ -3,11 +3,14 @@
 - `GlobalBatchSampler` draws one permutation per (seed, epoch) and cuts it into *global* batches; rank r
   takes the r-th slice of each. The samples of a step are therefore the same for 1 process with batch B*W
   as for W processes with batch B each, which is what makes multi-process runs comparable to one process.
-- `ResumableTrainLoader` zips one loader per dataset (`vidlab.data.mixing.ZipLoader`, FiT: one batch of
-  each per step) and yields their batches one by one, so each batch gets its own forward/backward/step,
-  as in FiT. It implements `state_dict` / `load_state_dict`, which Lightning stores in its checkpoints:
-  the state is (epoch, batches done), read from the trainer's progress, and a resumed loader starts at
-  that batch without reading the skipped ones.
+- `ResumableTrainLoader` mixes one loader per dataset in one of two ways (`data.mixing`):
+  `zip` (FiT, `vidlab.data.mixing.ZipLoader`: one batch of each per step, yielded one by one so each
+  batch gets its own forward/backward/step) or `schedule` (Singularity, `vidlab.data.mixing.MetaLoader`:
+  each step one batch of one dataset, in a seeded shuffle where each dataset appears once per batch it
+  has). Every batch carries the name of its dataset under `TRAIN_SET_KEY`. The loader implements
+  `state_dict` / `load_state_dict`, which Lightning stores in its checkpoints: the state is (epoch,
+  batches done), read from the trainer's progress, and a resumed loader starts at that batch without
+  reading the skipped ones.
 - `eval_loader` shards an evaluation set without padding: rank r reads samples r, r+W, r+2W, ...
 """
 
@@ -21,11 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidlab.data.mixing import ZipLoader, set_epoch
+from vidlab.data.mixing import MetaLoader, ZipLoader, loader_schedule, set_epoch
 from vidlab.data.quality import BAD_SAMPLES_KEY, BadSampleTracker
 from vidlab.errors import ConfigError
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+MIXINGS = ("zip", "schedule")
+TRAIN_SET_KEY = "train_set"  # batch key: the name of the training set the batch comes from
 
 
 @dataclass
@@ -69,7 +74,8 @@ class GlobalBatchSampler:
 
 
 class ResumableTrainLoader:
-    """FiT-style mixing of one or more training sets, sharded by rank, resumable mid-epoch.
+    """One or more training sets mixed FiT's (`zip`) or Singularity's (`schedule`) way, sharded by rank,
+    resumable mid-epoch.
 
     `progress` returns how many of this epoch's batches the training loop has finished (the trainer's
     count, not this iterator's, which runs ahead by the prefetched batches).
@@ -87,10 +93,17 @@ class ResumableTrainLoader:
         tracker: BadSampleTracker | None = None,
         pin_memory: bool = False,
         progress: Callable[[], int] | None = None,
+        mixing: str = "zip",
     ):
         if not sets:
             raise ConfigError("training needs at least one dataset")
+        if mixing not in MIXINGS:
+            raise ConfigError(f"data.mixing must be one of {', '.join(MIXINGS)}, got {mixing!r}")
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"training sets need distinct names, got {names}")
         self.sets = list(sets)
+        self.mixing = mixing
         self.samplers = [GlobalBatchSampler(len(s.dataset), s.batch_size, rank, world_size, seed) for s in self.sets]
         self.seed = seed
         self.num_workers = num_workers
@@ -103,12 +116,14 @@ class ResumableTrainLoader:
 
     @property
     def steps(self) -> int:
-        """Zipped steps per epoch: the shortest set's batches, capped by `steps_per_epoch`."""
-        shortest = min(len(s) for s in self.samplers)
-        return shortest if self.steps_per_epoch is None else min(shortest, self.steps_per_epoch)
+        """Steps per epoch, capped by `steps_per_epoch`: zip, the shortest set's batches (each step one
+        batch of every set); schedule, all sets' batches (each step one batch)."""
+        lengths = [len(s) for s in self.samplers]
+        steps = min(lengths) if self.mixing == "zip" else sum(lengths)
+        return steps if self.steps_per_epoch is None else min(steps, self.steps_per_epoch)
 
     def __len__(self) -> int:
-        return self.steps * len(self.sets)
+        return self.steps * len(self.sets) if self.mixing == "zip" else self.steps
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -138,6 +153,13 @@ class ResumableTrainLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         start, self._resume_at = self._resume_at, 0
+        batches = self._zip(start) if self.mixing == "zip" else self._schedule(start)
+        for name, batch in batches:
+            batch.pop(BAD_SAMPLES_KEY, None)  # counted by the tracker; not for the device
+            batch[TRAIN_SET_KEY] = name
+            yield batch
+
+    def _zip(self, start: int) -> Iterator[tuple[str, dict[str, Any]]]:
         first_step, skip = divmod(start, len(self.sets))
         for sampler in self.samplers:
             sampler.start_batch = first_step
@@ -146,8 +168,18 @@ class ResumableTrainLoader:
             for position, batch in enumerate(batches):
                 if step == 0 and position < skip:
                     continue
-                batch.pop(BAD_SAMPLES_KEY, None)  # counted by the tracker; not for the device
-                yield batch
+                yield self.sets[position].name, batch
+
+    def _schedule(self, start: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The epoch's schedule from step `start` on; each set's sampler skips the batches the steps
+        before `start` took from it (so a resumed epoch reads exactly the batches it had left)."""
+        schedule = loader_schedule([len(s) for s in self.samplers], self.seed, self.epoch)[: self.steps]
+        taken = np.bincount(schedule[:start], minlength=len(self.sets))
+        for sampler, done in zip(self.samplers, taken):
+            sampler.start_batch = int(done)
+        loaders = {s.name: self._loader(s, sampler) for s, sampler in zip(self.sets, self.samplers)}
+        remaining = [self.sets[i].name for i in schedule[start:]]
+        yield from MetaLoader(loaders, seed=self.seed).iterate(remaining)
 
 
 class _ShardSampler:

@@ -63,6 +63,7 @@ class VidlabModule(pl.LightningModule):
         self.eval_loaders: dict[str, Any] = {}
         self.eval_split = "val"
         self.last_eval: dict[str, tuple[dict[str, float], str]] = {}  # split -> (metrics, protocol)
+        self.last_outputs: dict[str, dict[str, Tensor]] = {}  # split -> the recipe's gathered per-row outputs
         self._eval_rows: dict[str, list[Tensor]] = defaultdict(list)
         self._pending_rng: dict[str, Any] | None = None
 
@@ -145,6 +146,7 @@ class VidlabModule(pl.LightningModule):
             return
         metrics = self.recipe.eval_metrics(outputs, split)
         self.last_eval[split] = (metrics, self.recipe.describe_eval(outputs, split))
+        self.last_outputs[split] = outputs
         # every rank computed the same values; sync_dist only keeps Lightning from warning about it
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=True, batch_size=1)
 

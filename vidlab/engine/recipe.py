@@ -77,6 +77,11 @@ class Recipe(ABC):
         width = max((len(k) for k in metrics), default=0)
         return "\n".join(f"  {split}/{key:<{width}}  {value:8.2f}" for key, value in metrics.items())
 
+    def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
+        """Files an evaluation leaves beside its eval_SPLIT.json (figures, a report page); their paths.
+        Called on rank 0 only."""
+        return []
+
     def wrap_modules(self) -> set[type[nn.Module]]:
         """Module classes FSDP shards (and checkpoints activations of) one by one."""
         return set()

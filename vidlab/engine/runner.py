@@ -370,6 +370,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             tracker=tracker,
             pin_memory=torch.cuda.is_available(),
             progress=lambda progress=progress: progress.processed,
+            mixing=scfg.data.mixing,
         )
         _fit(trainer, module, ckpt if stage.index == first_stage else None)
         trainer.save_checkpoint(stage_dir / CHECKPOINT_DIR / "last.ckpt", weights_only=False)
@@ -398,7 +399,10 @@ def _run_eval(trainer: pl.Trainer, module: VidlabModule, split: str, out_file: P
         print(protocol)
         print(module.recipe.format_metrics(metrics, split))
         if out_file is not None:
+            out_file.parent.mkdir(parents=True, exist_ok=True)
             out_file.write_text(json.dumps({"split": split, "protocol": protocol, "metrics": metrics}, indent=1) + "\n")
+            for path in module.recipe.write_eval_artifacts(module.last_outputs[split], metrics, split, out_file.parent):
+                print(f"wrote {path}")
     return metrics
 
 
@@ -475,7 +479,8 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     )
     if rank == 0:
         print(f"evaluating {weights}")
-    return _run_eval(trainer, module, split, None)
+    out_dir = scfg.eval.output_dir
+    return _run_eval(trainer, module, split, Path(out_dir) / f"eval_{split}.json" if out_dir else None)
 
 
 __all__ = ["TrainResult", "TrainingError", "build_trainer", "evaluate", "load_checkpoint_weights", "train"]
