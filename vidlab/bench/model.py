@@ -7,17 +7,14 @@ peak; on the CPU it is the peak RSS of a fresh process running only the benchmar
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from vidlab.bench._common import BenchError, markdown_table, run_isolated
-
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from vidlab.bench._common import markdown_table, run_isolated
+from vidlab.bench.steps import check_device, time_training_steps
 
 
 @dataclass(frozen=True)
@@ -43,10 +40,7 @@ def fit_step_benchmark(
     from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
     from vidlab.models import create_model, model_config
 
-    if precision not in PRECISIONS:
-        raise BenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda asked for, but torch sees no GPU")
+    check_device(device, precision)
     overrides = {"video.num_frames": num_frames, **(overrides or {})}
     cfg = model_config(model)
     net = create_model(model, **overrides).to(device).train()
@@ -57,32 +51,11 @@ def fit_step_benchmark(
     frames = torch.randn(batch_size, num_frames, 3, size, size, generator=gen).to(device)
     ids = torch.randint(1, vocab, (batch_size, text_length), generator=gen).to(device)
     mask = torch.ones_like(ids)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None else nullcontext()
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+    def loss() -> torch.Tensor:
+        text, video = net(frames, ids, mask)
+        return norm_softmax_loss(cosine_similarity_matrix(text.float(), video.float()))
 
-    def step() -> None:
-        with autocast:
-            text, video = net(frames, ids, mask)
-            loss = norm_softmax_loss(cosine_similarity_matrix(text.float(), video.float()))
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+    seconds, peak = time_training_steps(loss, net.parameters(), steps=steps, warmup=warmup, device=device, precision=precision)
     return ModelBenchResult(
         model, device, precision, batch_size, num_frames, size, grad_checkpointing,
         sum(p.numel() for p in net.parameters()) / 1e6, 1000 * seconds, batch_size / seconds, peak,

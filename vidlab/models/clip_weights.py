@@ -11,6 +11,10 @@ Formats (`clip_format` tells them apart by their key names):
 - ``hf``: Hugging Face `CLIPModel` (`model.safetensors` / `pytorch_model.bin`): its separate q/k/v
   projections are concatenated into vidlab's fused `qkv` ([q; k; v], OpenAI's `in_proj` layout) and its
   bias-free Linear projections transposed into CLIP's raw `x @ proj` matrices.
+- ``vidlab``: vidlab's own `CLIP` weights (a checkpoint folder or its `model.safetensors`, e.g. the final
+  weights of a `clip` training run), already in vidlab's names. `read_clip_state_dict` /
+  `map_clip_state_dict` accept them so that towers built on CLIP (EVL's backbone) start from them;
+  `create_model` reads such a folder through its vidlab branch, not as a foreign format.
 
 Every key must be mapped or dropped on purpose; `load_state_dict_strict` reports the rest. Importing this
 module registers the formats with `create_model`, so `create_model("clip-vit-b16", checkpoint=path)`
@@ -32,6 +36,7 @@ from torch import Tensor
 
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import (
+    WEIGHTS_FILE,
     KeyMap,
     LoadReport,
     MappedStateDict,
@@ -39,6 +44,7 @@ from vidlab.models.checkpoint import (
     load_state_dict_strict,
     read_safetensors,
     strip_prefix,
+    vidlab_checkpoint_files,
 )
 from vidlab.models.clip import CLIP, FAMILY, HEAD_WIDTH
 from vidlab.models.errors import CheckpointError
@@ -49,6 +55,7 @@ _P = r"(weight|bias)"
 _FUSED_PART = re.compile(r"(.+):(q|k|v)")
 _OPENAI_MARKER = "visual.conv1.weight"
 _HF_MARKER = "vision_model.embeddings.patch_embedding.weight"
+_VIDLAB_MARKER = "visual.patch_embed.weight"
 
 
 def _openai_block_rules(source: str, target: str) -> tuple[tuple[str, str], ...]:
@@ -148,11 +155,13 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
 
 
 def clip_format(state_dict: Mapping[str, Tensor]) -> str | None:
-    """'openai' (OpenAI / open_clip names), 'hf' (transformers CLIPModel) or None."""
+    """'openai' (OpenAI / open_clip names), 'hf' (transformers CLIPModel), 'vidlab' (vidlab's `CLIP`) or None."""
     if _OPENAI_MARKER in state_dict:
         return "openai"
     if _HF_MARKER in state_dict:
         return "hf"
+    if _VIDLAB_MARKER in state_dict:
+        return "vidlab"
     return None
 
 
@@ -161,6 +170,11 @@ def read_clip_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[s
     if isinstance(source, Mapping):
         return unwrap_state_dict(source, "<in-memory CLIP state dict>"), "<in-memory CLIP state dict>"
     path = Path(source)
+    if path.is_dir():
+        files = vidlab_checkpoint_files(path)
+        if files is None:
+            raise CheckpointError(str(path), f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
+        path = files[0]
     if not path.is_file():
         raise CheckpointError(str(path), "file not found")
     if is_torchscript_archive(path):
@@ -178,8 +192,12 @@ def map_clip_state_dict(state_dict: Mapping[str, Tensor], source: str = "CLIP st
     fmt = clip_format(state_dict)
     if fmt is None:
         raise CheckpointError(
-            source, f"not a CLIP state dict: neither {_OPENAI_MARKER!r} (OpenAI/open_clip) nor {_HF_MARKER!r} (HF)"
+            source,
+            f"not a CLIP state dict: neither {_OPENAI_MARKER!r} (OpenAI/open_clip), {_HF_MARKER!r} (HF) "
+            f"nor {_VIDLAB_MARKER!r} (vidlab)",
         )
+    if fmt == "vidlab":
+        return MappedStateDict(tensors=dict(state_dict), source_of={k: k for k in state_dict})
     if fmt == "openai":
         if "visual.class_embedding" not in state_dict:
             raise CheckpointError(source, "a ResNet CLIP image tower (RN50 ...): vidlab implements ViT towers only")

@@ -90,6 +90,7 @@ class SingularityTextConfig:
     sep_token_id: int = 102
     mask_token_id: int = 103
     max_length: int = 32  # tokenizer truncation (official max_txt_l: 32; 64 DiDeMo, 150 ActivityNet paragraphs)
+    pooling: str = "cls"  # ITC text feature: cls (official) | mean of the unpadded states (mean-pooled encoders)
 
 
 @dataclass
@@ -354,16 +355,30 @@ class VideoFeatures:
         return self.tokens.flatten(1, 2)
 
 
+TEXT_POOLINGS = ("cls", "mean")
+
+
+def pool_text(states: Tensor, mask: Tensor, pooling: str = "cls") -> Tensor:
+    """(N, L, D) text-layer states -> (N, D) ITC text feature: the [CLS] state (official), or the mean over
+    the unpadded tokens, for text towers trained with mean pooling (e.g. all-MiniLM-L6-v2, whose [CLS] state
+    barely depends on the sentence)."""
+    if pooling == "cls":
+        return states[:, 0]
+    weights = mask.to(states.dtype)[..., None]
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 @dataclass
 class TextFeatures:
-    """states (N, L, D) after the text layers, their mask (N, L); pooled = the [CLS] state."""
+    """states (N, L, D) after the text layers, their mask (N, L); pooled = the ITC feature (`pool_text`)."""
 
     states: Tensor
     mask: Tensor
+    pooling: str = "cls"
 
     @property
     def pooled(self) -> Tensor:
-        return self.states[:, 0]
+        return pool_text(self.states, self.mask, self.pooling)
 
 
 class Singularity(nn.Module):
@@ -375,6 +390,8 @@ class Singularity(nn.Module):
             raise ConfigError(f"singularity task must be one of {TASKS}, got {cfg.task!r}")
         if cfg.qa.scoring not in QA_SCORINGS:
             raise ConfigError(f"qa.scoring must be one of {QA_SCORINGS}, got {cfg.qa.scoring!r}")
+        if cfg.text.pooling not in TEXT_POOLINGS:
+            raise ConfigError(f"text.pooling must be one of {TEXT_POOLINGS}, got {cfg.text.pooling!r}")
         check_ensemble(cfg.eval.frame_ensemble)
         if cfg.num_frames < 1:
             raise ConfigError(f"num_frames must be >= 1, got {cfg.num_frames}")
@@ -474,8 +491,12 @@ class Singularity(nn.Module):
     # -- text, similarity, matching -------------------------------------------------------------------
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
-        """(N, L) ids and mask -> text-layer states (the [CLS] state is the text feature)."""
-        return TextFeatures(self.text_encoder.encode_text(input_ids, attention_mask), attention_mask)
+        """(N, L) ids and mask -> text-layer states (their `text.pooling` is the text feature)."""
+        return TextFeatures(self.text_encoder.encode_text(input_ids, attention_mask), attention_mask, self.cfg.text.pooling)
+
+    def pooled_text(self, states: Tensor, mask: Tensor) -> Tensor:
+        """The ITC text feature of stored text-layer states (N, L, D) and their mask (N, L)."""
+        return pool_text(states, mask, self.cfg.text.pooling)
 
     def video_feat(self, pooled_video: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, E) normalised per-frame ITC features."""
@@ -682,6 +703,7 @@ __all__ = [
     "TextFeatures",
     "build_singularity",
     "init_bert_weights",
+    "pool_text",
     "padding_bias",
     "causal_padding_bias",
 ]

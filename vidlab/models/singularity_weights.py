@@ -9,10 +9,11 @@ transformers saved (`position_ids`, `relative_position_index`) are ignored on pu
 Everything that depends on the target model happens in `adapt_singularity_state_dict`, each change
 written into the load report:
 - a pre-training MLM head (`text_encoder.cls.*`) is dropped by a retrieval/QA model;
-- a QA model initialised from a pre-training checkpoint gets its answer decoder from the fusion layers
-  (`text_encoder` layers fusion_layer.. -> decoder layers 0..), the embeddings and the MLM head, as the
-  official `setup_model(has_decoder=True)` does with its hard-coded 9; the retrieval heads and the
-  BEiT pooler, which a QA model does not have, are dropped;
+- a QA model initialised from a pre-training or retrieval checkpoint gets its answer decoder from the
+  fusion layers (`text_encoder` layers fusion_layer.. -> decoder layers 0..), the embeddings and the MLM
+  head, as the official `setup_model(has_decoder=True)` does with its hard-coded 9 (a retrieval
+  checkpoint has no MLM head: the decoder's LM head transform and bias keep their init, listed in the
+  report); the retrieval heads and the BEiT pooler, which a QA model does not have, are dropped;
 - `temporal_embeddings` are zero-padded or truncated to the model's frame count;
 - BEiT relative-position-bias tables are interpolated to a new patch grid (BEiT's geometric-progression
   resampling with an interpolating bicubic spline, what the official `scipy.interpolate.interp2d(kind=
@@ -464,9 +465,15 @@ def _decoder_from_fusion_layers(cfg: DictConfig, tensors: dict[str, Tensor], not
         elif key.startswith(("text_encoder.embeddings.", "text_encoder.cls.")):
             tensors["text_decoder." + key.removeprefix("text_encoder.")] = tensors[key]
             copied += 1
+    head = "text_decoder.cls.predictions.decoder.weight"
+    if head not in tensors:  # no MLM head in the checkpoint: the LM head's decoder is tied to the embeddings
+        tensors[head] = tensors["text_decoder.embeddings.word_embeddings.weight"]
+        what = "embeddings copied; no MLM head in the checkpoint, the LM head transform keeps its init"
+    else:
+        what = "embeddings and MLM head copied"
     notes.append(
         f"text_decoder initialised from the checkpoint's text encoder ({copied} tensors): layers "
-        f"{fusion}..{fusion + depth - 1} -> decoder layers 0..{depth - 1}, embeddings and MLM head copied"
+        f"{fusion}..{fusion + depth - 1} -> decoder layers 0..{depth - 1}, {what}"
     )
 
 
@@ -474,7 +481,7 @@ def adapt_singularity_state_dict(cfg: DictConfig, tensors: dict[str, Tensor]) ->
     """Fit a vidlab-named Singularity state dict to the model `cfg` describes (see the module docstring)."""
     tensors, notes = dict(tensors), []
     has_decoder = any(k.startswith("text_decoder.") for k in tensors)
-    if cfg.task == "qa" and not has_decoder and any(k.startswith("text_encoder.cls.") for k in tensors):
+    if cfg.task == "qa" and not has_decoder and "text_encoder.embeddings.word_embeddings.weight" in tensors:
         _decoder_from_fusion_layers(cfg, tensors, notes)
     if cfg.task != "pretrain":
         _drop(
@@ -523,6 +530,9 @@ HUB_VISION_KEY_MAP = KeyMap(
     ),
 )
 _HUB_TEXT_IGNORED = (r".*position_ids", r"(bert\.)?pooler\..+", r"cls\.seq_relationship\..+")
+# The LM head parts that keep their init when a source has no MLM head (the decoder weight is tied to the
+# word embeddings, which every source has).
+_LM_HEAD_OWN_INIT = (r"cls\.predictions\.(transform\..+|bias|decoder\.bias)",)
 # The LM head's decoder is tied to the word embeddings and the head bias; files often omit the tied copies.
 _TIED_HEAD = (
     ("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
@@ -593,14 +603,20 @@ def load_tower_weights(
                 if tied not in mapped.tensors and source in mapped.tensors:
                     mapped.tensors[tied] = mapped.tensors[source]
             allowed = (r"encoder\.layer\.\d+\.crossattention\..+",)
+            if tower.cls is not None and not any(k.startswith("cls.") for k in state):
+                allowed += _LM_HEAD_OWN_INIT  # an encoder-only file (e.g. all-MiniLM-L6-v2): no MLM head
             reports.append(load_state_dict_strict(tower, mapped, str(text), allowed_missing=allowed))
     return reports
 
 
 def singularity_allowed_missing(cfg: DictConfig) -> tuple[str, ...]:
     """The temporal encoder may be absent from a checkpoint: the official code initialises it randomly
-    when a single-frame checkpoint starts a temporal model."""
-    return (r"temporal_vision_encoder\..+",) if cfg.temporal_vision_encoder.enable else ()
+    when a single-frame checkpoint starts a temporal model. A QA decoder made from a retrieval
+    checkpoint's fusion layers has no LM head transform to copy (`_decoder_from_fusion_layers`)."""
+    allowed = (r"temporal_vision_encoder\..+",) if cfg.temporal_vision_encoder.enable else ()
+    if cfg.task == "qa":
+        allowed += tuple(f"text_decoder\\.{pattern}" for pattern in _LM_HEAD_OWN_INIT)
+    return allowed
 
 
 register_checkpoint_format(

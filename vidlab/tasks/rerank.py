@@ -41,9 +41,12 @@ class RetrievalScores:
     t2v_itc: Tensor  # (T, V)
 
 
-def _rerank_direction(
+def rerank_direction(
     itc: Tensor, score_pairs: PairScorer, k: int, ensemble: str, pairs_per_call: int, queries_are_videos: bool
 ) -> Tensor:
+    """One direction of `rerank_topk`: (queries, candidates) ITC scores -> the same shape with each row's top-k
+    re-scored by `score_pairs` and NOT_RERANKED elsewhere. Evaluations of a subset of the queries or
+    candidates (e.g. only the temporal captions) re-rank within the subset with it."""
     num_queries, num_candidates = itc.shape
     k = min(k, num_candidates)
     out = torch.full((num_queries, num_candidates), NOT_RERANKED, dtype=torch.float32)
@@ -74,8 +77,8 @@ def rerank_topk(
     check_ensemble(ensemble)
     itc_v2t = itc_v2t.float()
     return RetrievalScores(
-        v2t_itm=_rerank_direction(itc_v2t, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=True),
-        t2v_itm=_rerank_direction(itc_v2t.T, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=False),
+        v2t_itm=rerank_direction(itc_v2t, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=True),
+        t2v_itm=rerank_direction(itc_v2t.T, score_pairs, k, ensemble, pairs_per_call, queries_are_videos=False),
         v2t_itc=itc_v2t.cpu(),
         t2v_itc=itc_v2t.T.cpu(),
     )
@@ -160,7 +163,7 @@ def describe_protocol(num_videos: int, num_texts: int, num_frames: int, k: int, 
         f"itc: mean over frames of cosine similarities (temperature 1), every pair. "
         f"itm: the top-{min(k, num_texts)} texts of each video and top-{min(k, num_videos)} videos of each text "
         f"by ITC re-scored with the ITM match logit ({clips}); the rest scored {NOT_RERANKED:g}. "
-        "txt_r@k = video->text, img_r@k = text->video recall in % (best-ranked ground truth), no MedR."
+        "v2t (official txt_r@k) = video->text, t2v (img_r@k) = text->video recall in % (best-ranked ground truth), no MedR."
     )
 
 
@@ -178,7 +181,7 @@ def evaluate_retrieval(
     k = k or model.cfg.eval.k_test
     ensemble = ensemble or model.cfg.eval.frame_ensemble
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    itc = model.similarity(features.pooled_video.to(device), features.text_states[:, 0].to(device))
+    itc = model.similarity(features.pooled_video.to(device), model.pooled_text(features.text_states, features.text_mask).to(device))
     scores = rerank_topk(itc, model_pair_scorer(model, features, device), k, ensemble, pairs_per_call)
     metrics = {
         "itm": singularity_itm_eval(scores.v2t_itm, scores.t2v_itm, captions),
@@ -194,6 +197,7 @@ __all__ = [
     "NOT_RERANKED",
     "PairScorer",
     "RetrievalScores",
+    "rerank_direction",
     "rerank_topk",
     "RetrievalFeatures",
     "extract_features",

