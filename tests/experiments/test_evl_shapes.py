@@ -39,6 +39,7 @@ def test_quick_experiment_reports_every_variant(quick_run):
     frozen, no_temporal, finetuned = runs["motion-temporal"], runs["motion-no_temporal"], runs["motion-temporal-finetune"]
     assert no_temporal["trainable_params"] < frozen["trainable_params"] < finetuned["trainable_params"]
     assert frozen["total_params"] == finetuned["total_params"]  # the same model, only what trains differs
+    assert finetuned["lr"] == VARIANTS[-1].lr and frozen["lr"] != finetuned["lr"]
     assert {"zero_shot_appearance_top1", "zero_shot_shape_top1", "t2i_R1"} <= results["clip"]["metrics"].keys()
 
     report = (out / "report.html").read_text()
@@ -67,6 +68,8 @@ def test_variant_and_backbone_overrides(tmp_path):
     assert "model.decoder.temporal_conv=false" in overrides and "model.backbone.freeze=true" in overrides
     assert "data.class_names=annotations/appearance_classes.json" in overrides
     assert "model.backbone.freeze=false" in Variant("motion", temporal=True, finetune=True).overrides()
+    assert not any(o.startswith("optim.lr=") for o in overrides)  # the config's rate unless the variant sets one
+    assert "optim.lr=0.0003" in Variant("motion", temporal=True, finetune=True, lr=3e-4).overrides()
     OmegaConf.save(OmegaConf.create({"vision": {"image_size": 64, "patch_size": 16, "width": 96, "layers": 3, "heads": 3, "mlp_ratio": 4.0}}), tmp_path / "config.yaml")
     backbone = backbone_overrides(tmp_path)
     assert "model.backbone.width=96" in backbone and "model.decoder.qkv_dim=96" in backbone and "model.decoder.num_heads=3" in backbone

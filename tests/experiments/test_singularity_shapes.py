@@ -15,6 +15,7 @@ from vidlab.cli.main import main
 from vidlab.errors import ConfigError
 from vidlab.experiments.singularity_shapes import (
     QUICK_CONFIG,
+    finished_run,
     grid_settings,
     load_plan,
     retrieval_r1,
@@ -24,8 +25,9 @@ from vidlab.experiments.singularity_shapes import (
 
 @pytest.fixture(scope="module")
 def singularity_text_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """all-MiniLM-L6-v2's tokenizer with a 2-layer, 48-wide BERT (4 heads, dividing the quick plan's 48-wide
-    vision tower, as the temporal encoder needs): the quick run's cost is then its own plumbing."""
+    """all-MiniLM-L6-v2's tokenizer with a 2-layer, 48-wide BERT (the run's vision tower is made as wide, and its
+    4 heads divide that width, as the QA decoder and the temporal encoder need): the quick run's cost is then its
+    own plumbing, not MiniLM's."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from vidlab.recipes.fit import resolve_model_folder
@@ -48,6 +50,7 @@ def singularity_quick_run(tmp_path_factory: pytest.TempPathFactory, singularity_
         code = main([
             "experiment", "singularity-shapes", "--quick", "--data", str(root / "data"), "--out", str(root / "out"),
             f"text.tokenizer={singularity_text_folder}", f"text.weights={singularity_text_folder}",
+            "model.vision.hidden_size=48", "model.vision.num_attention_heads=2", "model.vision.intermediate_size=96",
         ])
     assert code == 0
     return root / "out", printed.getvalue()
@@ -116,6 +119,20 @@ def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_r
         assert run.init_from == (str(models[variant["init_from"]]) if variant["init_from"] else None)
         qa = OmegaConf.load(out / variant["name"] / "qa" / "config.yaml")
         assert qa.task == "qa" and qa.init_from == str(models[variant["name"]])
+
+
+def test_a_finished_run_of_the_same_config_is_reused(singularity_quick_run):
+    """Running the experiment again retrains only runs whose config changed."""
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    run_dir = out / "temporal" / "retrieval"
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    model_dir, metrics = finished_run(run_dir, cfg)
+    assert model_dir == run_dir / "0-train" / "model"
+    assert metrics == json.loads((run_dir / "eval_test.json").read_text())["metrics"]
+    cfg.optim.lr = cfg.optim.lr * 2
+    assert finished_run(run_dir, cfg) is None
 
 
 def test_multiple_choice_splits_by_distractor_kind():

@@ -189,7 +189,6 @@ def test_eval_metrics_score_zero_shot_and_retrieval(shapes_root, text_folder, tm
         # two captions of frame 0 (one matches it), one of frame 1 (matches frame 2 better)
         "text_embeds": torch.stack([frames[0], frames[3], frames[2]]),
         "text_owner": torch.tensor([0, 0, 1]),
-        "text_slot": torch.tensor([0, 1, 0]),
     }
     metrics = recipe.eval_metrics(outputs, "test")
     assert metrics["zero_shot_appearance_top1"] == pytest.approx(200 / 3)

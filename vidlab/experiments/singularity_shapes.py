@@ -291,14 +291,36 @@ class _Progress:
         return result
 
 
+def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | None:
+    """(final model folder, test metrics) of a run in `run_dir` that finished with exactly the config `cfg`,
+    else None: an experiment run again (after a crash, or with a changed plan) retrains only what changed."""
+    from vidlab.engine.config import resolve_stages
+    from vidlab.engine.runner import MODEL_DIR, RUN_CONFIG
+    from vidlab.models.checkpoint import WEIGHTS_FILE
+
+    model_dir = run_dir / resolve_stages(cfg)[-1].dirname / MODEL_DIR
+    saved, metrics = run_dir / RUN_CONFIG, run_dir / f"eval_{cfg.eval.split}.json"
+    if not (saved.is_file() and metrics.is_file() and (model_dir / WEIGHTS_FILE).is_file()):
+        return None
+    if OmegaConf.to_container(OmegaConf.load(saved), resolve=True) != OmegaConf.to_container(cfg, resolve=True):
+        return None
+    return model_dir, dict(json.loads(metrics.read_text())["metrics"])
+
+
 def _train(config: Path, overrides: Sequence[str], run_dir: Path) -> tuple[Path, dict[str, float]]:
-    """Train into `run_dir` (emptied first); (final model folder, the evaluation after training)."""
+    """Train into `run_dir` (emptied first) unless it holds a finished run of the same config;
+    (final model folder, the evaluation after training)."""
     from vidlab.engine.config import load_train_config
     from vidlab.engine.runner import train
 
+    cfg = load_train_config(config, [*overrides, f"run_dir={run_dir}"])
+    finished = finished_run(run_dir, cfg)
+    if finished is not None:
+        print(f"reusing {run_dir}: it finished with this config")
+        return finished
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    result = train(load_train_config(config, [*overrides, f"run_dir={run_dir}"]))
+    result = train(cfg)
     return result.model_dir, dict(result.metrics)
 
 
@@ -386,11 +408,11 @@ def run_experiment(
         folder = out_dir / variant.name
         architecture = [*data, *variant_overrides(variant), *test_frames]
         scores = {}
-        for name, annotations in (("all", None), *test.mc_files.items()):
-            subset_file = [f"data.test.annotations={annotations.resolve()}"] if annotations else []
+        for name, mc_file in (("all", None), *test.mc_files.items()):
+            subset_file = [f"data.test.annotations={mc_file.resolve()}"] if mc_file else []
             metrics = progress.run(
                 f"{variant.name}/mc/{name}",
-                f"{variant.label}: multiple choice" + (f" against its {name} distractors only" if annotations else ""),
+                f"{variant.label}: multiple choice" + (f" against its {name} distractors only" if mc_file else ""),
                 _evaluate, configs["mc"], [*architecture, f"eval.checkpoint={model_dirs[variant.name]}", *last, *subset_file],
                 folder / "mc" / name,
             )
@@ -623,6 +645,7 @@ __all__ = [
     "ExperimentResult",
     "SplitCounts",
     "VariantConfig",
+    "finished_run",
     "format_tables",
     "grid_settings",
     "load_plan",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +52,6 @@ from vidlab.models.factory import apply_overrides, create_model_with_report, mod
 from vidlab.recipes.fit import FitSourceConfig, FitTrainSetConfig, ShapesBenchSourceConfig, load_tokenizer, retrieval_metrics
 from vidlab.tasks.classification import accuracy
 from vidlab.tasks.zero_shot import class_embeddings
-
-log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = 100.0  # CLIP: "clipped to prevent scaling the logits by more than 100"
 RETRIEVAL_KS = (1, 5, 10)
@@ -204,7 +201,6 @@ class ClipEvalCollate:
             "index": torch.tensor([s["index"] for s in samples]),
             "is_video": torch.tensor([s["path"] in self.video_paths for s in samples]),
             "caption_owner": torch.tensor([i for i, c in enumerate(captions) for _ in c]),
-            "caption_slot": torch.tensor([j for c in captions for j in range(len(c))]),
             "token_ids": self.tokenizer([text for c in captions for text in c]),
         }
         for task, by_path in self.labels.items():
@@ -388,7 +384,6 @@ class ClipRecipe(Recipe):
             "is_video": batch["is_video"],
             "text_embeds": F.normalize(model.encode_text(batch["token_ids"]).float(), dim=-1),
             "text_owner": batch["index"][batch["caption_owner"]],
-            "text_slot": batch["caption_slot"],
         }
         templates = {task.name: list(task.templates) for task in self.cfg.eval.zero_shot}
         for task, names in self.class_names().items():
@@ -407,7 +402,7 @@ class ClipRecipe(Recipe):
     def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
         frames, text_embeds, text_to_frame = self._ordered(outputs)
         metrics: dict[str, float] = {}
-        for task, names in self.class_names().items():
+        for task in self.class_names():
             labels = frames[f"label/{task}"]
             known = labels >= 0
             if known.any():
