@@ -21,7 +21,13 @@ from vidlab.errors import ConfigError
 from vidlab.models import create_model
 from vidlab.models.clip import CLIPTextTower
 from vidlab.models.errors import StateDictMismatchError
-from vidlab.recipes.clip import ClipRecipe, ClipTokenizer, ClipTrainConfig, contrastive_loss, still_records
+from vidlab.recipes.clip import (
+    ClipRecipe,
+    ClipTokenizer,
+    ClipTrainConfig,
+    contrastive_loss,
+    still_records,
+)
 
 ZERO_SHOT = [
     {"name": "appearance", "classes": "annotations/appearance_classes.json", "templates": ["a {} circle", "a {} square"]},
@@ -162,7 +168,7 @@ def test_loss_decreases_on_a_fixed_batch(shapes_root, text_folder, tmp_path):
 
 def test_video_frames_carry_only_static_captions(shapes_root, text_folder, tmp_path):
     recipe = _recipe(shapes_root, text_folder, tmp_path)
-    images, frames = recipe.train_sets()
+    _, frames = recipe.train_sets()
     annotations = json.loads((shapes_root / "annotations/captions_train.json").read_text())
     static = {e["video"]: {c for c, t in zip(e["caption"], e["temporal"]) if not t} for e in annotations}
     assert len(frames.dataset) == len(annotations)

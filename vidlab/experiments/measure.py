@@ -95,18 +95,18 @@ def train_measured(config_file: str, overrides: Sequence[str], torch_threads: in
     cfg = load_train_config(config_file, overrides)
     meter = RunMeter()
     result = train(cfg, callbacks=[meter])
-    return dict(
-        run_dir=str(result.run_dir),
-        model_dir=str(result.model_dir),
-        metrics=dict(result.metrics),
-        trainable_params=meter.trainable_params,
-        total_params=meter.total_params,
-        start_rss_mib=start_rss,
-        peak_cuda_mib=meter.peak_cuda_mib,
-        train_time_s=meter.train_time_s,
-        wall_time_s=time.perf_counter() - started,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    return {
+        "run_dir": str(result.run_dir),
+        "model_dir": str(result.model_dir),
+        "metrics": dict(result.metrics),
+        "trainable_params": meter.trainable_params,
+        "total_params": meter.total_params,
+        "start_rss_mib": start_rss,
+        "peak_cuda_mib": meter.peak_cuda_mib,
+        "train_time_s": meter.train_time_s,
+        "wall_time_s": time.perf_counter() - started,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
 
 
 def measured_run(

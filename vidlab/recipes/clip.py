@@ -48,8 +48,19 @@ from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
 from vidlab.models.clip import ResidualAttentionBlock
-from vidlab.models.factory import apply_overrides, create_model_with_report, model_config, typed_model_config
-from vidlab.recipes.fit import FitSourceConfig, FitTrainSetConfig, ShapesBenchSourceConfig, load_tokenizer, retrieval_metrics
+from vidlab.models.factory import (
+    apply_overrides,
+    create_model_with_report,
+    model_config,
+    typed_model_config,
+)
+from vidlab.recipes.fit import (
+    FitSourceConfig,
+    FitTrainSetConfig,
+    ShapesBenchSourceConfig,
+    load_tokenizer,
+    retrieval_metrics,
+)
 from vidlab.tasks.classification import accuracy
 from vidlab.tasks.zero_shot import class_embeddings
 
@@ -438,12 +449,12 @@ class ClipRecipe(Recipe):
 
 
 __all__ = [
+    "MAX_LOGIT_SCALE",
+    "ClipEvalCollate",
     "ClipRecipe",
-    "ClipTrainConfig",
     "ClipTokenizer",
     "ClipTrainCollate",
-    "ClipEvalCollate",
+    "ClipTrainConfig",
     "contrastive_loss",
     "still_records",
-    "MAX_LOGIT_SCALE",
 ]
