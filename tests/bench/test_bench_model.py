@@ -1,6 +1,6 @@
 import pytest
 
-from vidlab.bench._common import BenchError
+from vidlab.bench.common import BenchError
 from vidlab.bench.model import fit_step_benchmark, render
 from vidlab.cli.main import main
 from vidlab.models import create_model

@@ -1,6 +1,6 @@
 import pytest
 
-from vidlab.bench._common import BenchError
+from vidlab.bench.common import BenchError
 from vidlab.bench.model_evl import evl_step_benchmark, render
 from vidlab.cli.main import main
 from vidlab.models import create_model

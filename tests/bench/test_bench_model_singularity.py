@@ -2,7 +2,7 @@
 
 import pytest
 
-from vidlab.bench._common import BenchError
+from vidlab.bench.common import BenchError
 from vidlab.bench.model_singularity import (
     parse_train_setup,
     render,

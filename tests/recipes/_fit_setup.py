@@ -1,45 +1,12 @@
-"""A tiny Frozen in Time setup on ShapesBench tiny: a BERT text tower and tokenizer made from the
-dataset's own caption words, and a config small enough for a few CPU steps per test."""
+"""A tiny Frozen in Time setup on ShapesBench tiny: a config small enough for a few CPU steps per test
+(its text tower: `_text_setup.make_text_folder`), and readers of what a run leaves."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def make_text_folder(shapes_root: Path, out: Path, dropout: float = 0.1) -> Path:
-    """A transformers folder (config.json, model.safetensors, tokenizer files) of a 1-layer, 32-wide BERT
-    whose vocabulary is every word of the ShapesBench captions."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words: set[str] = set()
-    for annotation in (shapes_root / "annotations").glob("*.json"):
-        for entry in json.loads(annotation.read_text()):
-            for caption in entry.get("caption", []) if isinstance(entry, dict) else []:
-                words.update(re.findall(r"\w+|[^\w\s]", str(caption).lower()))
-    vocab = SPECIAL_TOKENS + sorted(words)
-    out.mkdir(parents=True, exist_ok=True)
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(out)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out)
-    return out
 
 
 def tiny_config(shapes_root: Path, text_folder: Path, output_dir: Path) -> dict[str, Any]:

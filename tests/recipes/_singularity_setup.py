@@ -4,51 +4,15 @@ steps per test."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-from _fit_setup import SPECIAL_TOKENS
-
-
-def _words(shapes_root: Path) -> set[str]:
-    words: set[str] = set()
-    texts: list[str] = []
-    for annotation in (shapes_root / "annotations").glob("*.json"):
-        content = json.loads(annotation.read_text())
-        for entry in content if isinstance(content, list) else []:
-            if isinstance(entry, str):  # the answer list
-                texts.append(entry)
-            elif isinstance(entry, dict):
-                texts.extend(str(c) for c in entry.get("caption", []))
-                texts.extend(str(entry[key]) for key in ("question", "answer") if key in entry)
-    for text in texts:
-        words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
-    return words
+from _text_setup import make_text_folder as make_shared_text_folder
 
 
 def make_text_folder(shapes_root: Path, out: Path, dropout: float = 0.1) -> Path:
-    """A transformers folder (config.json, model.safetensors, tokenizer files) of a 2-layer BERT."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = SPECIAL_TOKENS + sorted(_words(shapes_root))
-    out.mkdir(parents=True, exist_ok=True)
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(out)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out)
-    return out
+    """The 2-layer BERT of this setup (layer 1 fuses), its vocabulary holding the QA words too."""
+    return make_shared_text_folder(shapes_root, out, layers=2, dropout=dropout, qa=True)
 
 
 def tiny_config(shapes_root: Path, text_folder: Path, output_dir: Path, task: str = "retrieval") -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _fit_setup import make_text_folder
+from _text_setup import make_text_folder
 
 
 @pytest.fixture(scope="session")

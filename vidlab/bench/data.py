@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vidlab.bench._common import BenchError, format_ratio, markdown_table, run_isolated
+from vidlab.bench.common import BenchError, format_ratio, markdown_table, run_isolated
 from vidlab.data.datasets import AudioWindow, MediaDataset, Transform, sample_rng
 from vidlab.data.formats import MediaRecord
 from vidlab.data.transforms import build_transform

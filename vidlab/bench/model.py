@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from vidlab.bench._common import markdown_table, run_isolated
+from vidlab.bench.common import markdown_table, run_isolated
 from vidlab.bench.steps import check_device, time_training_steps
 
 

@@ -5,7 +5,7 @@ parameters, on synthetic clips of the config's shape (data loading is `vidlab be
 frozen backbone runs without autograd in the benchmark's precision (`32`: float32, `bf16`: bfloat16,
 `fp16`: float16, the official `freeze_fp16`), LayerNorms in float32; a fine-tuned one is float32 weights
 under autocast. Peak memory: the CUDA allocator's peak on a GPU; on the CPU the peak RSS of a fresh process
-running only that row (`vidlab.bench._common.run_isolated`).
+running only that row (`vidlab.bench.common.run_isolated`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vidlab.bench._common import BenchError, format_ratio, markdown_table, run_isolated
+from vidlab.bench.common import BenchError, format_ratio, markdown_table, run_isolated
 from vidlab.bench.model import ModelBenchResult
 from vidlab.bench.steps import check_device, time_training_steps
 

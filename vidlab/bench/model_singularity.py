@@ -9,7 +9,7 @@
   it is the same for every k.
 
 Peak memory: the CUDA allocator's peak on a GPU; on the CPU the peak RSS of a fresh process running only
-that row (`vidlab.bench._common.run_isolated`).
+that row (`vidlab.bench.common.run_isolated`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig
 
-from vidlab.bench._common import BenchError, format_ratio, markdown_table, run_isolated
+from vidlab.bench.common import BenchError, format_ratio, markdown_table, run_isolated
 from vidlab.bench.steps import (
     autocast,
     check_device,
@@ -193,6 +193,12 @@ def singularity_rerank_benchmark(
 
         return score
 
+    with autocast(device, precision):  # untimed warm-up, so the first row does not pay for CUDA's start
+        warm = extract_features(net, batches[:1], ids[:video_batch_size], mask[:video_batch_size], "concat", device=device)
+        if k > 0:
+            first = torch.zeros(1, dtype=torch.long)
+            model_pair_scorer(net, warm, device)(first, first)
+        synchronize(device)
     reset_peak_memory(device)
     with autocast(device, precision):
         start = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidlab.bench._common import BenchError, markdown_table
+from vidlab.bench.common import BenchError, markdown_table
 from vidlab.data.formats import MediaRecord, read_annotations
 from vidlab.data.shapesbench.annotations import class_file, label_file, qa_file
 from vidlab.data.shapesbench.generate import read_manifest

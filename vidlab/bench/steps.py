@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vidlab.bench._common import BenchError
+from vidlab.bench.common import BenchError
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

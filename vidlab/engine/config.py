@@ -84,9 +84,19 @@ class LoggingConfig:
 
 
 @dataclass
+class ShapesBenchSourceConfig:
+    """The synthetic ShapesBench set `Recipe.prepare_data` generates (`vidlab.data.shapesbench.generate`)."""
+
+    size: str = "tiny"
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     """What the engine reads of a recipe's data section; recipes subclass it with their datasets."""
 
+    root: str = "."  # relative annotation / media paths are relative to this
+    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     num_workers: int = 2
     mixing: str = "zip"  # several training sets: zip (FiT, one batch of each per step) | schedule (Singularity)
     steps_per_epoch: int | None = None  # cap on steps per epoch (FiT's max_samples_per_epoch)

@@ -101,6 +101,20 @@ class VidlabModule(pl.LightningModule):
             set_rng_state(self._pending_rng)
             self._pending_rng = None
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Under FSDP each rank holds a shard of the gradients, and Lightning's norm clipping refuses to run:
+        FSDP's own `clip_grad_norm_` computes the norm over all shards."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(wrapped, FullyShardedDataParallel):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.cfg.optim, allow_fused="mixed" not in str(self.trainer.precision))
         total = self.total_optimizer_steps()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vidlab.engine import distributed
 from vidlab.engine.config import register_config
 from vidlab.engine.data import Collate, TrainSet
 from vidlab.errors import ConfigError
@@ -42,6 +43,25 @@ class Recipe(ABC):
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self._data_prepared = False
+
+    def prepare_data(self) -> None:
+        """Make the configured data exist before anything reads it: by default, generate ShapesBench into
+        `data.root` when `data.shapesbench` is set (rank 0 writes, reused when already there; every rank
+        waits). Runs once per recipe object, so the runner and the recipe's own record readers may both
+        call it (recipes used outside the runner still get their data)."""
+        if self._data_prepared:
+            return
+        self._data_prepared = True
+        source = self.cfg.data.shapesbench
+        if source is None:
+            return
+        # imported here: only configs that generate data pay for it
+        from vidlab.data.shapesbench import generate
+
+        if distributed.world()[0] == 0:
+            generate(self.cfg.data.root, source.size, source.seed, progress=False)
+        distributed.barrier()
 
     @abstractmethod
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:

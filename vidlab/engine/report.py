@@ -118,7 +118,8 @@ def save_thumbnail(frame: torch.Tensor, out_file: Path) -> Path:
     return out_file
 
 
-def _table_html(rows: list[list[str]]) -> str:
+def table_html(rows: list[list[str]]) -> str:
+    """An HTML table of text cells (escaped), the first row its header; shared by every report page."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -167,7 +168,7 @@ def write_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{notes_html}"
-        f"<h2>Test retrieval per stage</h2>{_table_html(metrics_rows(stage_metrics))}"
+        f"<h2>Test retrieval per stage</h2>{table_html(metrics_rows(stage_metrics))}"
         "<p>R@K in %; MedR = median rank. 'temporal': captions a single frame cannot match (motion, direction, rotation).</p>"
         f"<h2>Training curves</h2><img src='{CURVES_FILE}' alt='training curves'>"
         f"<h2>Text queries: top-5 test videos (middle frames)</h2>{_queries_html(queries, thumbs)}"
@@ -178,4 +179,13 @@ def write_report(
     return out
 
 
-__all__ = ["QueryResult", "RetrievedVideo", "format_metrics_table", "metrics_rows", "plot_curves", "read_scalars", "write_report"]
+__all__ = [
+    "QueryResult",
+    "RetrievedVideo",
+    "format_metrics_table",
+    "metrics_rows",
+    "plot_curves",
+    "read_scalars",
+    "table_html",
+    "write_report",
+]

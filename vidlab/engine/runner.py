@@ -344,6 +344,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         scfg = stage.config
         pl.seed_everything(scfg.seed, workers=True, verbose=False)
         recipe = get_recipe(scfg)
+        recipe.prepare_data()
         module, model_cfg = _module(recipe, scfg, init_from)
         train_sets = recipe.train_sets()
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
@@ -458,6 +459,7 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     distributed.init_process_group(scfg.trainer.accelerator)
     rank, world = distributed.world()
     recipe = get_recipe(scfg)
+    recipe.prepare_data()
     model, _ = recipe.build_model(load_checkpoint_weights(weights))
     module = VidlabModule(recipe, model.eval(), scfg)
     split = scfg.eval.split

@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vidlab.bench._common import markdown_table
+from vidlab.bench.common import markdown_table
 from vidlab.errors import ConfigError
 from vidlab.experiments.measure import RunMeasurement, measured_run
 from vidlab.recipes.evl import CONFUSION_FILE
@@ -258,7 +258,7 @@ def format_tables(result: ExperimentResult) -> str:
 
 def write_report(result: ExperimentResult, out: Path) -> Path:
     """OUT/report.html: the EVL table, the CLIP numbers, how memory was measured, where each run is."""
-    from vidlab.engine.report import STYLE, _table_html
+    from vidlab.engine.report import STYLE, table_html
 
     chance = ", ".join(f"{task} {value:.1f} %" for task, value in result.chance.items())
     runs = "".join(
@@ -277,10 +277,10 @@ def write_report(result: ExperimentResult, out: Path) -> Path:
         "<p>A CLIP ViT pretrained here on ShapesBench stills, frozen (or fine-tuned), read by EVL's decoder with all "
         "three temporal modules (temporal convolution, temporal positional embedding, temporal cross attention) or "
         f"none. Test split, one centre crop x one clip per video. Chance: {html.escape(chance)}.</p>"
-        f"<h2>EVL</h2>{_table_html([_run_headers(result), *run_rows(result)])}"
+        f"<h2>EVL</h2>{table_html([_run_headers(result), *run_rows(result)])}"
         f"<p>{html.escape(result.memory_method)} Training time: Lightning's training loop only; "
         f"torch intra-op threads per run: {result.torch_threads or 'default'}.</p>"
-        f"<h2>CLIP backbone{html.escape(clip_note)}</h2>{_table_html([list(CLIP_HEADERS), clip_row(result)])}"
+        f"<h2>CLIP backbone{html.escape(clip_note)}</h2>{table_html([list(CLIP_HEADERS), clip_row(result)])}"
         "<p>Zero-shot: each frame's colour / shape against class-name prompts; retrieval over the split's captions "
         "(clips: only captions not about motion).</p>"
         "<h2>Confusion matrices (test; rows: true class)</h2>"

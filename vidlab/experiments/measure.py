@@ -2,7 +2,7 @@
 
 Peak memory is only comparable between runs that do not share a process (`ru_maxrss` never goes down,
 and the allocator keeps what an earlier run freed), so `measured_run` trains in a fresh process from
-`vidlab.bench._common.run_isolated` (a forkserver that has imported torch, Lightning and the recipes once).
+`vidlab.bench.common.run_isolated` (a forkserver that has imported torch, Lightning and the recipes once).
 
 - CPU memory: the peak resident set of the largest single process of the run (`ru_maxrss` of the training
   process, or of a DataLoader worker if one grew larger), over its whole life: model building, training,
@@ -30,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vidlab.bench._common import run_isolated
+from vidlab.bench.common import run_isolated
 
 # imported once by the forkserver, so that every run starts with them loaded
 PRELOAD = ("vidlab.experiments.measure", "vidlab.engine.runner", "vidlab.recipes")

@@ -44,7 +44,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from vidlab.bench._common import markdown_table
+from vidlab.bench.common import markdown_table
 from vidlab.config import load_config
 from vidlab.errors import ConfigError, VidlabError
 from vidlab.tasks.ensemble import FRAME_ENSEMBLES, check_ensemble
@@ -576,7 +576,7 @@ def _first_grid_row(results: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
     """OUT/report.html: what ran, the comparison table with chance, the plot, the grid, QA per type."""
-    from vidlab.engine.report import STYLE, _table_html
+    from vidlab.engine.report import STYLE, table_html
 
     test, chance, plan = results["test_set"], results["chance"], results["plan"]
     minutes = results["wall_time_s"] / 60
@@ -613,19 +613,19 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
         "training cannot tell a clip from its reverse either; ITC never can (frame-mean of per-frame features).",
     ]
     sections = [
-        f"<h2>Comparison (test split, %)</h2>{_table_html([summary_rows(results)[0], *summary_rows(results)[1]])}",
+        f"<h2>Comparison (test split, %)</h2>{table_html([summary_rows(results)[0], *summary_rows(results)[1]])}",
         f"<h2>Plot</h2><img src='{html.escape(plot.name)}' alt='grouped bars and test-frame curve'>",
-        f"<h2>Single-frame model: test frames x frame ensemble (%)</h2>{_table_html([grid_rows(results)[0], *grid_rows(results)[1]])}"
+        f"<h2>Single-frame model: test frames x frame ensemble (%)</h2>{table_html([grid_rows(results)[0], *grid_rows(results)[1]])}"
         "<p>concat: all frames as one memory; mean / max / lse: each frame scored alone by ITM, combined over frames "
         "(the ITC pre-selection of the top-k is the frame mean in every case). Settings of these evaluations beyond the "
         f"run's own: {html.escape(', '.join(plan['grid_overrides']) or 'none')}.</p>",
-        f"<h2>QA accuracy per question type (%)</h2>{_table_html([qtype_rows(results)[0], *qtype_rows(results)[1]])}",
+        f"<h2>QA accuracy per question type (%)</h2>{table_html([qtype_rows(results)[0], *qtype_rows(results)[1]])}",
         "<h2>Protocols</h2>" + "".join(
             f"<h3>{html.escape(row['variant'])}, {row['test_frames']} test frames, {html.escape(row['ensemble'])}</h3>"
             f"<pre>{html.escape(row['protocol'])}</pre>"
             for row in results["retrieval"] if row["kind"] == "main" or row is _first_grid_row(results)
         ),
-        "<h2>Time per step (s)</h2>" + _table_html([["step", "seconds"], *[[k, f"{v:.0f}"] for k, v in results["seconds"].items()]]),
+        "<h2>Time per step (s)</h2>" + table_html([["step", "seconds"], *[[k, f"{v:.0f}"] for k, v in results["seconds"].items()]]),
     ]
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     page = (

@@ -40,7 +40,6 @@ from vidlab.data.datasets import VideoTextDataset, collate_samples
 from vidlab.data.formats import MediaRecord, read_annotations
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
-from vidlab.engine import distributed
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
@@ -57,7 +56,6 @@ from vidlab.models.factory import (
 from vidlab.recipes.fit import (
     FitSourceConfig,
     FitTrainSetConfig,
-    ShapesBenchSourceConfig,
     load_tokenizer,
     retrieval_metrics,
 )
@@ -74,8 +72,6 @@ RETRIEVAL_KS = (1, 5, 10)
 
 @dataclass
 class ClipDataConfig(DataConfig):
-    root: str = "."
-    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     train: list[FitTrainSetConfig] = field(default_factory=list)  # image-caption sets
     video_frames: FitTrainSetConfig | None = None  # a video-caption set: one random frame per video, static captions
     val: list[FitSourceConfig] = field(default_factory=list)  # images and/or videos (middle frame)
@@ -233,7 +229,6 @@ class ClipRecipe(Recipe):
         super().__init__(cfg)
         self._tokenizer: ClipTokenizer | None = None
         self._text_tokenizer: Any = None
-        self._prepared = False
         self._class_names: dict[str, list[str]] | None = None
 
     # -- model ------------------------------------------------------------------------------------------
@@ -273,21 +268,8 @@ class ClipRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """Generate ShapesBench into data.root when the config asks for it (reused when already there)."""
-        if self._prepared:
-            return
-        self._prepared = True
-        source = self.cfg.data.shapesbench
-        if source is not None:
-            from vidlab.data.shapesbench import generate
-
-            if distributed.world()[0] == 0:
-                generate(self.cfg.data.root, source.size, source.seed, progress=False)
-            distributed.barrier()
-
     def _records(self, source: DictConfig) -> list[MediaRecord]:
-        self._prepare()
+        self.prepare_data()
         root = Path(self.cfg.data.root)
         media_root = Path(source.media_root) if source.media_root else root
         records = still_records(read_annotations(source.format, root / source.annotations, media_root, **source.options))
@@ -323,7 +305,7 @@ class ClipRecipe(Recipe):
     def class_names(self) -> dict[str, list[str]]:
         """Zero-shot task -> its class names (index = label)."""
         if self._class_names is None:
-            self._prepare()
+            self.prepare_data()
             names = {}
             for task in self.cfg.eval.zero_shot:
                 path = Path(self.cfg.data.root) / task.classes

@@ -42,7 +42,6 @@ from vidlab.data.datasets import VideoLabelDataset, collate_samples
 from vidlab.data.formats import MediaRecord, read_annotations
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
-from vidlab.engine import distributed
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
@@ -56,7 +55,6 @@ from vidlab.models.factory import (
     model_config,
     typed_model_config,
 )
-from vidlab.recipes.fit import ShapesBenchSourceConfig
 from vidlab.tasks.classification import accuracy, average_views, confusion_matrix
 
 log = logging.getLogger(__name__)
@@ -85,8 +83,6 @@ class EvlSourceConfig:
 
 @dataclass
 class EvlDataConfig(DataConfig):
-    root: str = "."
-    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     train: EvlSourceConfig | None = None
     val: EvlSourceConfig | None = None
     test: EvlSourceConfig | None = None
@@ -118,17 +114,6 @@ class EvlTrainConfig(TrainConfig):
 
 # ---------------------------------------------------------------------------------------------------------
 # Data
-
-
-def prepare_shapesbench(data: DictConfig) -> None:
-    """Generate ShapesBench into `data.root` when `data.shapesbench` asks for it (rank 0; reused if there)."""
-    if data.shapesbench is None:
-        return
-    from vidlab.data.shapesbench import generate
-
-    if distributed.world()[0] == 0:
-        generate(data.root, data.shapesbench.size, data.shapesbench.seed, progress=False)
-    distributed.barrier()
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -196,7 +181,6 @@ class EvlRecipe(Recipe):
         self._records: dict[str, list[MediaRecord]] = {}
         self._model_cfg: DictConfig | None = None
         self._class_names: list[str] | None = None
-        self._prepared = False
 
     # -- model ------------------------------------------------------------------------------------------
 
@@ -260,7 +244,7 @@ class EvlRecipe(Recipe):
             return self._class_names
         data = self.cfg.data
         if data.class_names:
-            self._prepare()
+            self.prepare_data()
             path = Path(data.class_names)
             self._class_names = read_class_names(path if path.is_absolute() else Path(data.root) / path)
             return self._class_names
@@ -297,15 +281,10 @@ class EvlRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        if not self._prepared:
-            prepare_shapesbench(self.cfg.data)
-            self._prepared = True
-
     def records(self, split: str) -> list[MediaRecord]:
         """The records of a configured split (read once)."""
         if split not in self._records:
-            self._prepare()
+            self.prepare_data()
             source = self.cfg.data[split]
             root = Path(self.cfg.data.root)
             media_root = Path(source.media_root) if source.media_root else root
@@ -443,7 +422,7 @@ class EvlRecipe(Recipe):
 
     def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
         """The confusion matrix as a PNG (class names on the axes) and report.html (metrics, protocol, PNG)."""
-        from vidlab.engine.report import STYLE, _table_html
+        from vidlab.engine.report import STYLE, table_html
 
         rows = self._in_dataset_order(outputs)
         num_classes = int(self.model_config().num_classes)
@@ -455,7 +434,7 @@ class EvlRecipe(Recipe):
         protocol = self.describe_eval(outputs, split)
         page = (
             f"<!doctype html><html><head><meta charset='utf-8'><title>EVL {split}</title><style>{STYLE}</style></head>"
-            f"<body><h1>EVL action recognition: {split}</h1>{_table_html(table)}"
+            f"<body><h1>EVL action recognition: {split}</h1>{table_html(table)}"
             f"<pre>{html.escape(protocol)}</pre><h2>Confusion matrix</h2>"
             f"<p>rows: true class, columns: predicted class (top-1 of the view-averaged scores)</p>"
             f"<img src='{png.name}' alt='confusion matrix'></body></html>\n"
@@ -504,6 +483,5 @@ __all__ = [
     "collate_clips",
     "collate_views",
     "plot_confusion",
-    "prepare_shapesbench",
     "read_class_names",
 ]

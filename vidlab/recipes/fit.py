@@ -37,7 +37,6 @@ from vidlab.data.datasets import VideoTextDataset, collate_samples
 from vidlab.data.formats import read_annotations
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
-from vidlab.engine import distributed
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
@@ -90,15 +89,7 @@ class FitTrainSetConfig(FitSourceConfig):
 
 
 @dataclass
-class ShapesBenchSourceConfig:
-    size: str = "tiny"
-    seed: int = 0
-
-
-@dataclass
 class FitDataConfig(DataConfig):
-    root: str = "."
-    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     train: list[FitTrainSetConfig] = field(default_factory=list)
     val: FitSourceConfig | None = None
     test: FitSourceConfig | None = None
@@ -294,7 +285,6 @@ class FitRecipe(Recipe):
         super().__init__(cfg)
         self._tokenizer: Any = None
         self._device: torch.device | None = None
-        self._prepared = False
 
     # -- model ------------------------------------------------------------------------------------------
 
@@ -340,21 +330,8 @@ class FitRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """Generate ShapesBench into data.root when the config asks for it (reused when already there)."""
-        if self._prepared:
-            return
-        self._prepared = True
-        source = self.cfg.data.shapesbench
-        if source is not None:
-            from vidlab.data.shapesbench import generate
-
-            if distributed.world()[0] == 0:
-                generate(self.cfg.data.root, source.size, source.seed, progress=False)
-            distributed.barrier()
-
     def _records(self, source: DictConfig) -> list:
-        self._prepare()
+        self.prepare_data()
         root = Path(self.cfg.data.root)
         annotations = root / source.annotations
         media_root = Path(source.media_root) if source.media_root else root

@@ -54,7 +54,6 @@ from vidlab.data.datasets import MediaDataset, VideoTextDataset, collate_samples
 from vidlab.data.formats import MediaRecord, read_annotations
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
-from vidlab.engine import distributed
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
@@ -64,7 +63,6 @@ from vidlab.models.factory import apply_overrides, create_model_with_report, mod
 from vidlab.recipes.fit import (
     FitSourceConfig,
     FitTrainSetConfig,
-    ShapesBenchSourceConfig,
     load_tokenizer,
     resolve_model_folder,
     text_tower_config,
@@ -113,8 +111,6 @@ _BERT_SIZE_KEYS = (
 @dataclass
 class SingularityDataConfig(DataConfig):
     mixing: str = "schedule"  # Singularity's random per-step schedule over the training sets
-    root: str = "."
-    shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     train: list[FitTrainSetConfig] = field(default_factory=list)
     val: FitSourceConfig | None = None
     test: FitSourceConfig | None = None
@@ -469,7 +465,6 @@ class SingularityRecipe(Recipe):
         self.default_monitor = MONITOR[self.task]  # type: ignore[misc]
         self._tokenizer: Any = None
         self._model_config: DictConfig | None = None
-        self._prepared = False
         self._eval_records: dict[str, list[MediaRecord]] = {}
         self._answer_list: list[str] | None = None
         self._answer_tokens: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -550,21 +545,8 @@ class SingularityRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """Generate ShapesBench into data.root when the config asks for it (reused when already there)."""
-        if self._prepared:
-            return
-        self._prepared = True
-        source = self.cfg.data.shapesbench
-        if source is not None:
-            from vidlab.data.shapesbench import generate
-
-            if distributed.world()[0] == 0:
-                generate(self.cfg.data.root, source.size, source.seed, progress=False)
-            distributed.barrier()
-
     def _path(self, relative: str) -> Path:
-        self._prepare()
+        self.prepare_data()
         return Path(self.cfg.data.root) / relative
 
     def _records(self, source: DictConfig, captions: bool) -> list[MediaRecord]:
