@@ -20,6 +20,7 @@ from vidlab.experiments.singularity_shapes import (
     load_plan,
     retrieval_r1,
     split_multiple_choice,
+    variant_overrides,
 )
 
 
@@ -114,7 +115,8 @@ def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_r
     for variant in results["variants"]:
         model = OmegaConf.load(models[variant["name"]] / "config.yaml")
         assert model.num_frames == variant["num_frames"]
-        assert model.temporal_vision_encoder.enable is variant["temporal"] is model.add_temporal_embed
+        assert model.add_temporal_embed is variant["temporal"]
+        assert model.temporal_vision_encoder.enable is variant["temporal_encoder"]
         run = OmegaConf.load(out / variant["name"] / "retrieval" / "config.yaml")
         assert run.init_from == (str(models[variant["init_from"]]) if variant["init_from"] else None)
         qa = OmegaConf.load(out / variant["name"] / "qa" / "config.yaml")
@@ -180,3 +182,15 @@ def test_bad_plans_are_one_line_errors(tmp_path, capsys):
     assert main(["experiment", "singularity-shapes", "--plan", str(plan), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
     assert "colour" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_shipped_plans_load_and_name_each_temporal_part():
+    """Every plan in the package loads; a variant's temporal embeddings and encoder are switched separately."""
+    plans = sorted(QUICK_CONFIG.parent.glob("*.yaml"))
+    loaded = {path.stem: load_plan(path)[0] for path in plans if path.stem in ("experiment", "long", "quick")}
+    assert set(loaded) == {"experiment", "long", "quick"}
+    for plan in loaded.values():
+        by_name = {v.name: variant_overrides(v) for v in plan.variants}
+        assert by_name["1frame"][1:] == ["model.add_temporal_embed=false", "model.temporal_vision_encoder.enable=false"]
+        assert by_name["temporal_embed"][1:] == ["model.add_temporal_embed=true", "model.temporal_vision_encoder.enable=false"]
+        assert by_name["temporal"][1:] == ["model.add_temporal_embed=true", "model.temporal_vision_encoder.enable=true"]

@@ -1,12 +1,13 @@
 """`vidlab experiment singularity-shapes`: Singularity's single-frame claim on ShapesBench.
 
-Trains text-video retrieval with 1 frame, with 4 frames, and the temporal variant (4 frames, temporal
-embeddings and encoder, from the 1-frame model); evaluates the 1-frame model with 1/4/8 test frames under each
+Trains text-video retrieval with 1 frame, then from that model with 4 frames, with 4 frames + temporal
+embeddings, and the temporal variant (4 frames, temporal embeddings and encoder); evaluates the 1-frame model with 1/4/8 test frames under each
 frame ensemble; for every variant reports retrieval R@1 (ITM re-ranked and contrastive) on appearance vs
 temporal captions, multiple choice (reversed-motion distractors) and QA fine-tuned from it, appearance vs
 temporal. Writes OUT/report.html (tables, plot), OUT/results.json and OUT/results.png, and prints the tables.
-On `small` the whole experiment takes about 25 minutes on a 2-core CPU; `--quick` (ShapesBench tiny, a few
-steps per run) checks the pipeline, not the claim.
+On `small` the default plan takes over an hour on a 2-core CPU (`--threads 1`), `--plan
+configs/experiments/singularity_shapes/long.yaml` (more training) about 6 minutes on one GPU; `--quick`
+(ShapesBench tiny, a few steps per run) checks the pipeline, not the claim.
 """
 
 from __future__ import annotations

@@ -72,6 +72,12 @@ class Recipe(ABC):
     def train_sets(self) -> list[TrainSet]:
         """The training datasets (bad-sample policy `skip`), mixed by the engine."""
 
+    def eval_source(self, split: str) -> Any:
+        """The config section `data.SPLIT` of an evaluation split ('val' or 'test'; None when not configured)."""
+        if split not in ("val", "test"):
+            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
+        return self.cfg.data[split]
+
     @abstractmethod
     def eval_set(self, split: str) -> EvalSet | None:
         """An evaluation split (bad-sample policy `raise`), or None when the config has none."""

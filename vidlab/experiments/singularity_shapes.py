@@ -12,8 +12,9 @@ The experiment, every training and evaluation through the `singularity` recipe a
 1. generates ShapesBench (`--size`) into `--data` when it is not there;
 2. trains retrieval (ITC + ITM with hard negatives) for each variant of the plan
    (`configs/experiments/singularity_shapes/experiment.yaml`): 1 frame; 4 frames; 4 frames + temporal
-   embeddings + temporal encoder, started from the 1-frame model with a lower learning rate, as the official
-   Singularity-temporal is a second stage on top of the 1-frame model;
+   embeddings; 4 frames + temporal embeddings + temporal encoder, each multi-frame variant started from the
+   1-frame model with a lower learning rate, as the official Singularity-temporal is a second stage on top of
+   the 1-frame model (the embeddings-only variant separates what the embeddings and the encoder each bring);
 3. evaluates the 1-frame model with 1/4/8 test frames under every frame ensemble (concat/mean/max/lse);
 4. for each variant: text-video retrieval on the test split (R@1 after ITM re-ranking and contrastive only,
    on appearance vs temporal captions), 5-way multiple choice (every ShapesBench item has a reversed-motion
@@ -74,6 +75,7 @@ class VariantConfig:
     label: str = MISSING  # shown in tables and plots
     num_frames: int = 1  # training frames
     temporal: bool = False  # temporal embeddings + temporal encoder (Singularity-temporal)
+    temporal_encoder: bool = True  # with `temporal`: the temporal encoder too (false: the embeddings alone)
     init_from: str | None = None  # an earlier variant whose retrieval model this one starts from
     overrides: list[str] = field(default_factory=list)  # its retrieval training's config overrides
 
@@ -107,7 +109,7 @@ def load_plan(path: Path) -> tuple[ExperimentConfig, Path]:
         if variant.init_from is not None and variant.init_from not in names[:index]:
             raise ConfigError(f"{path}: variant {variant.name!r} starts from {variant.init_from!r}, which must be an earlier variant")
         if variant.temporal and variant.num_frames < 2:
-            raise ConfigError(f"{path}: variant {variant.name!r}: the temporal encoder needs 2 or more training frames")
+            raise ConfigError(f"{path}: variant {variant.name!r}: the temporal parts need 2 or more training frames")
     grid = next((v for v in plan.variants if v.name == plan.grid_variant), None)
     if grid is None:
         raise ConfigError(f"{path}: grid_variant {plan.grid_variant!r} is not a variant")
@@ -120,8 +122,9 @@ def load_plan(path: Path) -> tuple[ExperimentConfig, Path]:
 
 def variant_overrides(variant: VariantConfig) -> list[str]:
     """The config keys that make a retrieval / QA / MC config this variant's architecture."""
-    flag = str(variant.temporal).lower()
-    return [f"data.num_frames={variant.num_frames}", f"model.add_temporal_embed={flag}", f"model.temporal_vision_encoder.enable={flag}"]
+    embeddings, encoder = variant.temporal, variant.temporal and variant.temporal_encoder
+    return [f"data.num_frames={variant.num_frames}", f"model.add_temporal_embed={str(embeddings).lower()}",
+            f"model.temporal_vision_encoder.enable={str(encoder).lower()}"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -442,7 +445,8 @@ def run_experiment(
         },
         "chance": test.chance(),
         "variants": [
-            {"name": v.name, "label": v.label, "num_frames": v.num_frames, "temporal": v.temporal, "init_from": v.init_from,
+            {"name": v.name, "label": v.label, "num_frames": v.num_frames, "temporal": v.temporal,
+             "temporal_encoder": v.temporal and v.temporal_encoder, "init_from": v.init_from,
              "retrieval_model": str(model_dirs[v.name]), "retrieval_training": training_summary(out_dir / v.name / "retrieval"),
              "qa_run": str(out_dir / v.name / "qa"), "qa_training": training_summary(out_dir / v.name / "qa")}
             for v in plan.variants
@@ -585,7 +589,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
         return f"{run['max_epochs']} epoch(s) of {steps}, batch {'+'.join(map(str, run['batch_size']))}, lr {run['lr']:g}"
 
     variants = "; ".join(
-        f"{v['label']}: {v['num_frames']} training frame(s)" + (", temporal embeddings + temporal encoder" if v["temporal"] else "")
+        f"{v['label']}: {v['num_frames']} training frame(s)" + (", temporal embeddings" + (" + temporal encoder" if v["temporal_encoder"] else "") if v["temporal"] else "")
         + (f", started from {v['init_from']}" if v["init_from"] else "")
         + f", {training(v['retrieval_training'])} (QA: {training(v['qa_training'])})"
         for v in results["variants"]

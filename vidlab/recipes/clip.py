@@ -343,9 +343,7 @@ class ClipRecipe(Recipe):
         return result
 
     def eval_set(self, split: str) -> EvalSet | None:
-        if split not in ("val", "test"):
-            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
-        sources = self.cfg.data[split]
+        sources = self.eval_source(split)
         if not sources:
             return None
         records = [record for source in sources for record in self._records(source)]

@@ -346,9 +346,7 @@ class EvlRecipe(Recipe):
         return [TrainSet("train", dataset, data.batch_size, collate_clips)]
 
     def eval_set(self, split: str) -> EvalSet | None:
-        if split not in ("val", "test"):
-            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
-        mc, data = self.model_config(), self.cfg.data
+        source, mc, data = self.eval_source(split), self.model_config(), self.cfg.data
         spatial, temporal = self._views()
         frames, size = int(mc.num_frames), int(mc.backbone.image_size)
         if data.dummy:
@@ -356,7 +354,7 @@ class EvlRecipe(Recipe):
                 return None
             shape = (spatial * temporal, frames, 3, size, size)
             dataset: Dataset = SyntheticClips(data.dummy_samples, shape, mc.num_classes, self.cfg.seed + 1)
-        elif data[split] is None:
+        elif source is None:
             return None
         else:
             dataset = VideoLabelDataset(

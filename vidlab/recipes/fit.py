@@ -365,9 +365,7 @@ class FitRecipe(Recipe):
         return make_sampler(data.test_sampler, num_frames=data.num_frames)
 
     def eval_set(self, split: str) -> EvalSet | None:
-        if split not in ("val", "test"):
-            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
-        source = self.cfg.data[split]
+        source = self.eval_source(split)
         if source is None:
             return None
         data = self.cfg.data

@@ -613,9 +613,7 @@ class SingularityRecipe(Recipe):
         return self._answer_list
 
     def eval_set(self, split: str) -> EvalSet | None:
-        if split not in ("val", "test"):
-            raise ConfigError(f"eval split must be 'val' or 'test', got {split!r}")
-        source = self.cfg.data[split]
+        source = self.eval_source(split)
         if source is None:
             return None
         model_cfg = self._model_cfg()
