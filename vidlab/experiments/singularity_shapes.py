@@ -37,6 +37,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -542,7 +543,7 @@ def plot_results(results: Mapping[str, Any], out_file: Path) -> Path:
          [(results["qa"][v["name"]]["qa/appearance_acc"], results["qa"][v["name"]]["qa/temporal_acc"]) for v in variants],
          (chance["qa"]["appearance"], chance["qa"]["temporal"]), ("appearance questions", "temporal questions")),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     width = 0.38
     for ax, (title, values, chances, labels) in zip(axes, panels):
         for j, (label, colour) in enumerate(zip(labels, ("tab:blue", "tab:orange"))):
@@ -550,7 +551,7 @@ def plot_results(results: Mapping[str, Any], out_file: Path) -> Path:
             ax.bar(xs, [v[j] for v in values], width, label=label, color=colour)
             ax.hlines([chances[j]] * len(xs), [x - width / 2 for x in xs], [x + width / 2 for x in xs], colors="black",
                       linestyles="dashed", label="chance" if j == 0 else None)
-        ax.set_xticks(range(len(variants)), [v["label"] for v in variants], fontsize=8)
+        ax.set_xticks(range(len(variants)), [textwrap.fill(v["label"], 14) for v in variants], fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("%")
         ax.set_ylim(0, 100)
