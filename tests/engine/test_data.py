@@ -119,3 +119,13 @@ def test_eval_shards_cover_every_sample_once():
     dataset = Numbers(7, "t")
     seen = [i for r in range(3) for b in eval_loader(dataset, 2, collate, rank=r, world_size=3) for i in b["index"].tolist()]
     assert sorted(seen) == list(range(7))
+
+
+def test_steps_per_epoch_caps_and_says_so_when_it_cannot_lengthen(caplog):
+    sets = [TrainSet("v", Numbers(12, "v"), 4, collate)]
+    assert ResumableTrainLoader(sets, steps_per_epoch=2).steps == 2
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="vidlab.engine.data"):
+        loader = ResumableTrainLoader(sets, steps_per_epoch=5)
+    assert loader.steps == loader.uncapped_steps == 3
+    assert "never lengthens" in caplog.text and "(3 steps)" in caplog.text

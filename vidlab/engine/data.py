@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from vidlab.data.mixing import MetaLoader, ZipLoader, loader_schedule, set_epoch
 from vidlab.data.quality import BAD_SAMPLES_KEY, BadSampleTracker
 from vidlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 MIXINGS = ("zip", "schedule")
@@ -113,13 +116,23 @@ class ResumableTrainLoader:
         self.progress = progress
         self.epoch = 0
         self._resume_at = 0
+        if rank == 0 and steps_per_epoch is not None and steps_per_epoch > self.uncapped_steps:
+            log.warning(
+                "data.steps_per_epoch=%d is more than an epoch holds (%d steps): it caps an epoch, never lengthens "
+                "one; train longer with trainer.max_epochs", steps_per_epoch, self.uncapped_steps,
+            )
+
+    @property
+    def uncapped_steps(self) -> int:
+        """Steps in one pass over the data: zip, the shortest set's batches (each step one batch of every set);
+        schedule, all sets' batches (each step one batch)."""
+        lengths = [len(s) for s in self.samplers]
+        return min(lengths) if self.mixing == "zip" else sum(lengths)
 
     @property
     def steps(self) -> int:
-        """Steps per epoch, capped by `steps_per_epoch`: zip, the shortest set's batches (each step one
-        batch of every set); schedule, all sets' batches (each step one batch)."""
-        lengths = [len(s) for s in self.samplers]
-        steps = min(lengths) if self.mixing == "zip" else sum(lengths)
+        """Steps per epoch: `uncapped_steps`, capped by `steps_per_epoch`."""
+        steps = self.uncapped_steps
         return steps if self.steps_per_epoch is None else min(steps, self.steps_per_epoch)
 
     def __len__(self) -> int:
