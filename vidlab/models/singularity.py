@@ -170,7 +170,8 @@ def causal_padding_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return (1.0 - (causal[None, None] * mask[:, None, None, :].to(causal.dtype)).to(dtype)) * MASK_FILL
 
 
-_BERT_SIZE_KEYS = (
+# transformers BertConfig entries that size a BERT layer stack, shared by `model.text` and its config.json reader
+BERT_SIZE_KEYS = (
     "hidden_size",
     "num_attention_heads",
     "intermediate_size",
@@ -182,7 +183,6 @@ _BERT_SIZE_KEYS = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
     "initializer_range",
-    "pad_token_id",
 )
 
 
@@ -190,7 +190,7 @@ def _bert_config(cfg: SingularityTextConfig | DictConfig, cross_attention: bool,
     """A transformers BertConfig of the text sizes; `cross_attention` makes its layers cross-attend."""
     from transformers import BertConfig  # heavy import, only when a model is built
 
-    sizes = {k: getattr(cfg, k) for k in _BERT_SIZE_KEYS}
+    sizes = {k: getattr(cfg, k) for k in (*BERT_SIZE_KEYS, "pad_token_id")}
     if hidden_size is not None:
         sizes["hidden_size"] = hidden_size
     bert = BertConfig(**sizes, is_decoder=cross_attention, add_cross_attention=cross_attention)

@@ -60,6 +60,7 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import apply_overrides, create_model_with_report, model_config, typed_model_config
+from vidlab.models.singularity import BERT_SIZE_KEYS
 from vidlab.recipes.fit import (
     FitSourceConfig,
     FitTrainSetConfig,
@@ -87,21 +88,6 @@ MONITOR = {"pretrain": "val/itm/all/r_mean", "retrieval": "val/itm/all/r_mean", 
 SPECIAL_TOKENS = ("pad", "cls", "sep", "mask")
 RECALL_AT = (1, 5, 10)
 SCORINGS = ("itm", "itc")
-# transformers BertConfig entries that size Singularity's BERT (`model.text`)
-_BERT_SIZE_KEYS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "vocab_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "layer_norm_eps",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "initializer_range",
-)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,7 +153,7 @@ def bert_sizes(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"text.weights: {folder} is a {arch!r} model; Singularity's text and fusion layers are BERT")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"text.weights: {folder} uses {hf['position_embedding_type']!r} positions; only absolute ones are supported")
-    return {k: hf[k] for k in _BERT_SIZE_KEYS if k in hf}
+    return {k: hf[k] for k in (*BERT_SIZE_KEYS, "num_hidden_layers") if k in hf}
 
 
 class Tokenize:
