@@ -220,7 +220,7 @@ def _layer_indices(tensors: Mapping[str, Tensor], pattern: str) -> list[int]:
 def infer_singularity_config(cfg: DictConfig, tensors: Mapping[str, Tensor]) -> DictConfig:
     """Correct `cfg`'s sizes to those of a vidlab-named Singularity state dict.
 
-    Widths, depths, patch size and resolution, fusion layer, vocabulary, frame count, projection size,
+    Widths, depths, stem, patch size and resolution, fusion layer, vocabulary, frame count, projection size,
     temporal encoder and task follow the tensors. Head counts come from BEiT's bias tables; BERT's cannot be read from
     shapes and are kept when the width is unchanged, else set to width // 64 with a warning.
     """
@@ -228,12 +228,15 @@ def infer_singularity_config(cfg: DictConfig, tensors: Mapping[str, Tensor]) -> 
     v = "vision_encoder."
     patch = tensors.get(v + "embeddings.patch_embeddings.projection.weight")
     if patch is not None:
-        width = int(patch.shape[0])
-        cfg.vision.hidden_size, cfg.vision.num_channels, cfg.vision.patch_size = (
-            width,
-            int(patch.shape[1]),
-            int(patch.shape[2]),
-        )
+        stem = v + "embeddings.patch_embeddings.stem."
+        stem_convs = [k for k in tensors if k.startswith(stem) and k.endswith(".weight") and tensors[k].dim() == 4]
+        cfg.vision.hidden_size = int(patch.shape[0])
+        if stem_convs:  # the convolutional stem: one stride-2 convolution per halving
+            cfg.vision.stem, cfg.vision.patch_size = "conv", 2 ** len(stem_convs)
+            cfg.vision.num_channels = int(tensors[stem + "0.weight"].shape[1])
+        else:
+            cfg.vision.stem, cfg.vision.patch_size = "patch", int(patch.shape[2])
+            cfg.vision.num_channels = int(patch.shape[1])
         layers = _layer_indices(tensors, r"vision_encoder\.encoder\.layer\.(\d+)\..+")
         cfg.vision.num_hidden_layers = len(layers)
         cfg.vision.intermediate_size = int(tensors[v + "encoder.layer.0.intermediate.dense.weight"].shape[0])
