@@ -20,7 +20,9 @@ from vidlab.experiments.singularity_shapes import (
     load_plan,
     retrieval_r1,
     split_multiple_choice,
+    template_caption,
     variant_overrides,
+    write_template_files,
 )
 
 
@@ -71,10 +73,11 @@ def test_quick_experiment_reports_every_row(singularity_quick_run):
     report = (out / "report.html").read_text()
     for variant in plan.variants:
         cells = _cells(report, variant.label)
-        assert len(cells) == 10 and all(re.fullmatch(r"\d+\.\d", c) for c in cells[1:]), cells
+        assert len(cells) == 12 and all(re.fullmatch(r"\d+\.\d", c) for c in cells[1:]), cells
         assert variant.label in printed
     chance = _cells(report, "chance")
     assert chance[1:5] == [f"{100 / results['test_set']['videos']:.1f}"] * 4 and chance[5:8] == ["20.0", "33.3", "33.3"]
+    assert chance[-2:] == ["12.5", "50.0"]
     grid = [(r["test_frames"], r["ensemble"]) for r in results["retrieval"] if r["kind"] == "grid"]
     assert grid == grid_settings(plan) and (8, "lse") in grid and (1, "concat") in grid
     for frames, ensemble in grid:
@@ -102,8 +105,15 @@ def test_report_numbers_are_the_recipe_evaluations(singularity_quick_run):
         mc = json.loads((out / temporal["name"] / "mc" / subset / "eval_test.json").read_text())
         assert results["mc"][temporal["name"]][subset] == mc["metrics"]["mc/all_acc"]
         assert f"{3 if subset != 'all' else 5} options" in mc["protocol"]
+    templates = json.loads((out / temporal["name"] / "templates" / "eval_test.json").read_text())["metrics"]
+    assert results["templates"][temporal["name"]]["v2t_R1"] == templates["itm/all/v2t_R1"]
+    for name, options in (("choice_all", 8), ("choice_reversed", 2)):
+        choice = json.loads((out / temporal["name"] / "templates" / name / "eval_test.json").read_text())
+        assert results["templates"][temporal["name"]][name] == choice["metrics"]["mc/all_acc"]
+        assert f"{options} options" in choice["protocol"]
     cells = _cells((out / "report.html").read_text(), temporal["label"])
-    assert cells[2] == f"{retrieval['itm/temporal/t2v_R1']:.1f}" and cells[-1] == f"{qa['qa/temporal_acc']:.1f}"
+    assert cells[2] == f"{retrieval['itm/temporal/t2v_R1']:.1f}" and cells[9] == f"{qa['qa/temporal_acc']:.1f}"
+    assert cells[-1] == f"{results['templates'][temporal['name']]['choice_reversed']:.1f}"
 
 
 def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_run):
@@ -121,6 +131,9 @@ def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_r
         assert run.init_from == (str(models[variant["init_from"]]) if variant["init_from"] else None)
         qa = OmegaConf.load(out / variant["name"] / "qa" / "config.yaml")
         assert qa.task == "qa" and qa.init_from == str(models[variant["name"]])
+        templates = OmegaConf.load(out / variant["name"] / "templates" / "config.yaml")
+        assert templates.init_from == str(models[variant["name"]]) and templates.data.has_multi_vision_gt
+        assert templates.data.num_frames == variant["num_frames"] and templates.data.train[0].annotations.endswith("templates_train.json")
 
 
 def test_a_finished_run_of_the_same_config_is_reused(singularity_quick_run):
@@ -134,6 +147,24 @@ def test_a_finished_run_of_the_same_config_is_reused(singularity_quick_run):
     assert model_dir == run_dir / "0-train" / "model"
     assert metrics == json.loads((run_dir / "eval_test.json").read_text())["metrics"]
     cfg.optim.lr = cfg.optim.lr * 2
+    assert finished_run(run_dir, cfg) is None
+
+
+def test_a_run_saved_before_a_config_field_existed_is_reused(singularity_quick_run, tmp_path):
+    """A field added to the schema since the run, at its default, leaves the run the same; at another value, not."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    run_dir = shutil.copytree(out / "temporal" / "retrieval", tmp_path / "retrieval")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.run_dir = str(run_dir)
+    saved = cfg.copy()
+    del saved.data["has_multi_vision_gt"]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    assert finished_run(run_dir, cfg) is not None
+    cfg.data.has_multi_vision_gt = True
     assert finished_run(run_dir, cfg) is None
 
 
@@ -156,6 +187,24 @@ def test_multiple_choice_splits_by_distractor_kind():
                                     "answer": 1, "temporal": True}
     broken = {"video": "x.mp4", "caption": ["a red box", "a blue box", "a pink box", "a red star", "a red box grows"], "answer": 0}
     assert split_multiple_choice([broken], {"red", "blue", "pink", "box", "star"})[1] == 1
+
+
+def test_template_task_pairs_every_clip_with_its_reversed_template(shapesbench_tiny, tmp_path):
+    from vidlab.data.shapesbench import OPPOSITE
+
+    files = write_template_files(shapesbench_tiny, tmp_path)
+    classes = json.loads((shapesbench_tiny / "annotations" / "motion_classes.json").read_text())
+    labels = dict(line.split() for line in (shapesbench_tiny / "annotations" / "motion_test.txt").read_text().splitlines())
+    assert files.num_templates == len(classes) == 8 and files.num_test_videos == len(labels) > 0
+    assert template_caption("left") == "something slides to the left"
+    for item in json.loads(files.choice_reversed.read_text()):
+        motion = classes[int(labels[item["video"]])]
+        assert item["caption"][item["answer"]] == template_caption(motion)
+        assert set(item["caption"]) == {template_caption(motion), template_caption(OPPOSITE[motion])}
+    for item in json.loads(files.choice_all.read_text()):
+        assert item["caption"] == [template_caption(c) for c in classes] and item["answer"] == int(labels[item["video"]])
+    train = json.loads(files.train.read_text())
+    assert {t["caption"] for t in train} <= {template_caption(c) for c in classes} and len(train) > len(classes)
 
 
 def test_appearance_recall_is_the_complement_of_the_temporal_captions():

@@ -410,6 +410,8 @@ def read_singularity_json(path: Path, root: Path, *, kind: MediaKind | None = No
       so `kind` (its config's `video` flag) overrides the suffix-based guess for `image` entries.
     - QA `{video, question, answer: str | [str], question_id}` -> `extra` question/answers/question_id.
     - Multiple choice `{video, caption: [options], answer: int}` -> captions = options, label = answer.
+    - A list of media paths (the per-caption layout of SSv2 label / template evaluation files,
+      `{caption, image: [paths]}`) -> one record per path, each with the entry's captions.
     `join_captions` joins a caption list into one paragraph (DiDeMo/ActivityNet paragraph retrieval).
     """
     _check_kind(kind)
@@ -422,13 +424,14 @@ def read_singularity_json(path: Path, root: Path, *, kind: MediaKind | None = No
         if not isinstance(entry, dict):
             raise AnnotationError(str(path), where, f"expected an object, got {type(entry).__name__}")
         if "video" in entry:
-            rel, entry_kind = entry["video"], "video"
+            media, media_kind = entry["video"], "video"
         elif "image" in entry:
-            rel, entry_kind = entry["image"], None
+            media, media_kind = entry["image"], None
         else:
             raise AnnotationError(str(path), where, "missing key 'video' or 'image'")
-        rel = _text(rel, path, where, "media path")
-        entry_kind = _kind_of(rel, kind or entry_kind)
+        rels = [_text(rel, path, where, "media path") for rel in (media if isinstance(media, list) else [media])]
+        if not rels:
+            raise AnnotationError(str(path), where, "empty list of media paths")
         extra = {k: v for k, v in entry.items() if k not in ("video", "image", "caption", "question", "answer", "question_id")}
         label = None
         if "question" in entry:
@@ -449,7 +452,7 @@ def read_singularity_json(path: Path, root: Path, *, kind: MediaKind | None = No
                 label = answer
             elif join_captions:
                 captions = (" ".join(captions),)
-        records.append(MediaRecord(_resolve(root, rel), entry_kind, captions, label=label, extra=extra))
+        records.extend(MediaRecord(_resolve(root, rel), _kind_of(rel, kind or media_kind), captions, label=label, extra=extra) for rel in rels)
     return records
 
 

@@ -88,6 +88,7 @@ class ExperimentConfig:
     retrieval: str = "retrieval.yaml"
     qa: str = "qa.yaml"
     mc: str = "mc.yaml"
+    templates: str | None = "templates.yaml"  # SSv2-template-style fine-tuning of every variant; null: none
     variants: list[VariantConfig] = field(default_factory=list)
     test_frames: int = 4  # test frames of the per-variant comparison (one memory, 'concat')
     grid_variant: str = "1frame"  # the single-frame-trained model evaluated on the test-frame x ensemble grid
@@ -95,6 +96,7 @@ class ExperimentConfig:
     grid_ensembles: list[str] = field(default_factory=lambda: list(FRAME_ENSEMBLES))
     grid_overrides: list[str] = field(default_factory=list)  # for the grid's evaluations (e.g. a smaller eval.k_test)
     qa_overrides: list[str] = field(default_factory=list)  # for the QA fine-tunings
+    template_overrides: list[str] = field(default_factory=list)  # for the template fine-tunings
     overrides: list[str] = field(default_factory=list)  # for every training and evaluation, after all the above
 
 
@@ -118,6 +120,10 @@ def load_plan(path: Path) -> tuple[ExperimentConfig, Path]:
         raise ConfigError(f"{path}: frame ensembles other than concat need a single-frame-trained grid_variant")
     for ensemble in plan.grid_ensembles:
         check_ensemble(ensemble)
+    for task in ("retrieval", "qa", "mc", "templates"):
+        config = getattr(plan, task)
+        if config is not None and not (path.parent / config).is_file():
+            raise ConfigError(f"{path}: {task}: {path.parent / config} not found")
     return plan, path.parent
 
 
@@ -244,6 +250,64 @@ def read_test_set(root: Path, out_dir: Path) -> SplitCounts:
     )
 
 
+def template_caption(motion: str) -> str:
+    """An SSv2-template-style caption: the action, its object left out ("something slides to the left")."""
+    from vidlab.data.shapesbench.text import MOTION_PHRASES
+
+    return f"something {MOTION_PHRASES[motion][0][0]}"
+
+
+@dataclass
+class TemplateFiles:
+    """The SSv2-template-style task written from ShapesBench's motion labels (directional clips only)."""
+
+    train: Path  # {video, caption: template} per training clip
+    test: Path  # the same for the test clips: retrieval with one caption per template
+    choice_all: Path  # multiple choice among every template (8-way)
+    choice_reversed: Path  # the true template against its time reversal (2-way)
+    num_templates: int
+    num_test_videos: int
+
+
+def write_template_files(root: Path, out_dir: Path) -> TemplateFiles:
+    """Singularity's temporal benchmark, SSv2-template retrieval (a caption per action template, every clip of the
+    template its ground truth), made from ShapesBench's `motion` labels: one template per motion class. A clip and its
+    time reversal differ only in their template, so a model that sees an unordered set of frames is at 50 % against
+    the reversed template whatever it learns."""
+    from vidlab.data.shapesbench import OPPOSITE
+
+    annotations = root / "annotations"
+    classes = list(_read_json(annotations / "motion_classes.json"))
+    templates = [template_caption(name) for name in classes]
+
+    def labelled(split: str) -> list[tuple[str, int]]:
+        path = annotations / f"motion_{split}.txt"
+        if not path.is_file():
+            raise ExperimentError(f"{path}: not found (is {root} a ShapesBench folder?)")
+        return [(video, int(label)) for video, label in (line.split() for line in path.read_text().splitlines() if line.strip())]
+
+    def write(name: str, items: list[dict[str, Any]]) -> Path:
+        path = out_dir / name
+        path.write_text(json.dumps(items, indent=1) + "\n")
+        return path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = labelled("test")
+    pairs = []
+    for video, label in test:
+        opposite = classes.index(OPPOSITE[classes[label]])
+        options = sorted((label, opposite))
+        pairs.append({"video": video, "caption": [templates[i] for i in options], "answer": options.index(label), "temporal": True})
+    return TemplateFiles(
+        train=write("templates_train.json", [{"video": v, "caption": templates[label]} for v, label in labelled("train")]),
+        test=write("templates_test.json", [{"video": v, "caption": templates[label]} for v, label in test]),
+        choice_all=write("templates_test_choice_all.json", [{"video": v, "caption": templates, "answer": label, "temporal": True} for v, label in test]),
+        choice_reversed=write("templates_test_choice_reversed.json", pairs),
+        num_templates=len(templates),
+        num_test_videos=len(test),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading the recipe's metrics
 
@@ -298,7 +362,7 @@ class _Progress:
 def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | None:
     """(final model folder, test metrics) of a run in `run_dir` that finished with exactly the config `cfg`,
     else None: an experiment run again (after a crash, or with a changed plan) retrains only what changed."""
-    from vidlab.engine.config import resolve_stages
+    from vidlab.engine.config import load_train_config, resolve_stages
     from vidlab.engine.runner import MODEL_DIR, RUN_CONFIG
     from vidlab.models.checkpoint import WEIGHTS_FILE
 
@@ -306,7 +370,11 @@ def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | Non
     saved, metrics = run_dir / RUN_CONFIG, run_dir / f"eval_{cfg.eval.split}.json"
     if not (saved.is_file() and metrics.is_file() and (model_dir / WEIGHTS_FILE).is_file()):
         return None
-    if OmegaConf.to_container(OmegaConf.load(saved), resolve=True) != OmegaConf.to_container(cfg, resolve=True):
+    try:  # through today's schema: a field added since the run, at its default, leaves the run the same
+        saved_cfg = load_train_config(saved)
+    except VidlabError:
+        return None
+    if OmegaConf.to_container(saved_cfg, resolve=True) != OmegaConf.to_container(cfg, resolve=True):
         return None
     return model_dir, dict(json.loads(metrics.read_text())["metrics"])
 
@@ -332,6 +400,35 @@ def _evaluate(target: Path, overrides: Sequence[str], out_dir: Path) -> dict[str
     from vidlab.engine.runner import evaluate
 
     return dict(evaluate(target, [*overrides, f"eval.output_dir={out_dir}"]))
+
+
+def _template_task(
+    progress: _Progress,
+    variant: VariantConfig,
+    config: Path,
+    mc_config: Path,
+    files: TemplateFiles,
+    overrides: Sequence[str],
+    start: Path,
+    folder: Path,
+) -> dict[str, float]:
+    """Fine-tune `variant` from its retrieval model (`start`) on the templates, then its template retrieval and its
+    choice among all templates / against the reversed one (ITM scores, the MC protocol)."""
+    paths = [f"data.train.0.annotations={files.train.resolve()}", f"data.test.annotations={files.test.resolve()}"]
+    model_dir, metrics = progress.run(
+        f"{variant.name}/templates", f"{variant.label}: template retrieval fine-tuned from its retrieval model",
+        _train, config, [*paths, f"init_from={start}", *overrides],
+        folder / "templates",
+    )
+    scores = {"t2v_R1": metrics["itm/all/t2v_R1"], "v2t_R1": metrics["itm/all/v2t_R1"]}
+    for name, choice_file in (("choice_all", files.choice_all), ("choice_reversed", files.choice_reversed)):
+        choice = progress.run(
+            f"{variant.name}/templates/{name}", f"{variant.label}: template " + ("among all" if name == "choice_all" else "vs its reversal"),
+            _evaluate, mc_config, [*overrides, f"eval.checkpoint={model_dir}", f"data.test.annotations={choice_file.resolve()}"],
+            folder / "templates" / name,
+        )
+        scores[name] = choice["mc/all_acc"]
+    return scores
 
 
 def grid_settings(plan: ExperimentConfig) -> list[tuple[int, str]]:
@@ -372,10 +469,11 @@ def run_experiment(
     plan, config_dir = load_plan(plan_file or (QUICK_CONFIG if quick else EXPERIMENT_CONFIG))
     configs = {task: config_dir / getattr(plan, task) for task in ("retrieval", "qa", "mc")}
     grid = grid_settings(plan)
-    progress = _Progress(1 + len(plan.variants) * 5 + len(grid) + 1)
+    progress = _Progress(1 + len(plan.variants) * (5 + (3 if plan.templates else 0)) + len(grid) + 1)
     root = progress.run("data", f"ShapesBench {size} (seed {seed}) in {data_dir}", lambda: generate(data_dir, size, seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     test = read_test_set(root, out_dir / "annotations")
+    template_files = write_template_files(root, out_dir / "annotations") if plan.templates else None
     data = [f"data.root={root.resolve()}", "data.shapesbench=null"]
     last = [*plan.overrides, *overrides]  # the quick plan's and the command line's settings win
     test_frames = [f"data.num_frames_test={plan.test_frames}", "eval.frame_ensemble=concat"]
@@ -384,6 +482,7 @@ def run_experiment(
     retrieval: list[dict[str, Any]] = []
     mc: dict[str, dict[str, float]] = {}
     qa: dict[str, dict[str, float]] = {}
+    templates: dict[str, dict[str, float]] = {}
     for variant in plan.variants:
         folder = out_dir / variant.name
         start = [f"init_from={model_dirs[variant.init_from]}"] if variant.init_from else []
@@ -428,6 +527,11 @@ def run_experiment(
             _train, configs["qa"], [*architecture, f"init_from={model_dirs[variant.name]}", *plan.qa_overrides, *last],
             folder / "qa",
         )
+        if template_files is not None:
+            templates[variant.name] = _template_task(
+                progress, variant, config_dir / str(plan.templates), configs["mc"], template_files,
+                [*architecture, *plan.template_overrides, *last], model_dirs[variant.name], folder,
+            )
 
     results = {
         "experiment": "singularity-shapes",
@@ -455,6 +559,11 @@ def run_experiment(
         "retrieval": [{**row, "R1": retrieval_r1(row["metrics"], test)} for row in retrieval],
         "mc": mc,
         "qa": qa,
+        "templates": templates,
+        "template_task": None if template_files is None else {
+            "templates": template_files.num_templates, "test_videos": template_files.num_test_videos,
+            "chance_all": 100.0 / template_files.num_templates, "chance_reversed": 50.0,
+        },
         "seconds": progress.seconds,
     }
     results["wall_time_s"] = time.perf_counter() - started
@@ -476,15 +585,22 @@ def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
     """Headers and one row per variant (and a chance row) of the comparison table (values in %)."""
     headers = ["variant", "train frames", "ITM t2v R@1 app", "ITM t2v R@1 temp", "ITC t2v R@1 app", "ITC t2v R@1 temp",
                "MC 5-way", "MC vs app distr", "MC vs motion distr", "QA app", "QA temp"]
+    task = results.get("template_task")
+    if task:
+        headers += ["template of all", "template vs reversed"]
     rows = []
     for variant in results["variants"]:
         r1 = _main_row(results, variant)["R1"]
         mc, qa = results["mc"][variant["name"]], results["qa"][variant["name"]]
         values = [r1["itm"]["t2v_appearance"], r1["itm"]["t2v_temporal"], r1["itc"]["t2v_appearance"], r1["itc"]["t2v_temporal"],
                   mc["all"], mc["appearance"], mc["motion"], qa["qa/appearance_acc"], qa["qa/temporal_acc"]]
+        if task:
+            values += [results["templates"][variant["name"]]["choice_all"], results["templates"][variant["name"]]["choice_reversed"]]
         rows.append([variant["label"], str(variant["num_frames"]), *(f"{v:.1f}" for v in values)])
     chance = results["chance"]
     chance_values = [chance["retrieval_R1"]] * 4 + [chance["mc"], chance["mc_3way"], chance["mc_3way"], chance["qa"]["appearance"], chance["qa"]["temporal"]]
+    if task:
+        chance_values += [task["chance_all"], task["chance_reversed"]]
     rows.append(["chance", "", *(f"{v:.1f}" for v in chance_values)])
     return headers, rows
 
@@ -543,7 +659,14 @@ def plot_results(results: Mapping[str, Any], out_file: Path) -> Path:
          [(results["qa"][v["name"]]["qa/appearance_acc"], results["qa"][v["name"]]["qa/temporal_acc"]) for v in variants],
          (chance["qa"]["appearance"], chance["qa"]["temporal"]), ("appearance questions", "temporal questions")),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    task = results.get("template_task")
+    if task:
+        panels.append(
+            ("SSv2-style templates (ITM choice)",
+             [(results["templates"][v["name"]]["choice_all"], results["templates"][v["name"]]["choice_reversed"]) for v in variants],
+             (task["chance_all"], task["chance_reversed"]), (f"among all {task['templates']}", "vs the reversed one"))
+        )
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.25 * (len(panels) + 1), 4.2))
     width = 0.38
     for ax, (title, values, chances, labels) in zip(axes, panels):
         for j, (label, colour) in enumerate(zip(labels, ("tab:blue", "tab:orange"))):
@@ -556,7 +679,7 @@ def plot_results(results: Mapping[str, Any], out_file: Path) -> Path:
         ax.set_ylabel("%")
         ax.set_ylim(0, 100)
         ax.legend(fontsize=7, loc="upper left")
-    grid_ax = axes[3]
+    grid_ax = axes[-1]
     grid = [r for r in results["retrieval"] if r["kind"] == "grid"]
     single = [r for r in grid if r["test_frames"] == 1]
     for ensemble in FRAME_ENSEMBLES:
@@ -612,6 +735,13 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
         f"{chance['mc_3way']:.1f} % (3-way); QA = mean over questions of 1/(answers of its type): appearance "
         f"{chance['qa']['appearance']:.1f} %, temporal {chance['qa']['temporal']:.1f} % (uniform over the whole answer list: "
         f"{chance['qa_uniform']:.1f} %).",
+        *([
+            f"Template task (SSv2-template style, Singularity's temporal benchmark): every variant fine-tuned from its "
+            f"retrieval model on one caption per motion template ({results['template_task']['templates']} templates, "
+            "'something slides to the left'; clips of a template are each other's positives), tested on "
+            f"{results['template_task']['test_videos']} directional test clips: the ITM choice among all templates, and "
+            "against the clip's reversed template (chance 50 %: a clip and its reversal show the same set of frames)."
+        ] if results.get("template_task") else []),
         "Expected shape (paper): single-frame training matches multi-frame training on appearance items and stays near chance "
         "on temporal ones; the temporal variant recovers them. Without temporal embeddings a multi-frame memory is an "
         "unordered set of frames (cross-attention and the frame-mean ITC are permutation-invariant), so plain 4-frame "
@@ -649,6 +779,7 @@ __all__ = [
     "ExperimentError",
     "ExperimentResult",
     "SplitCounts",
+    "TemplateFiles",
     "VariantConfig",
     "finished_run",
     "format_tables",
@@ -660,6 +791,8 @@ __all__ = [
     "run_experiment",
     "split_multiple_choice",
     "summary_rows",
+    "template_caption",
     "variant_overrides",
     "write_report",
+    "write_template_files",
 ]

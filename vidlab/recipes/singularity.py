@@ -24,7 +24,9 @@ One recipe, `task: pretrain | retrieval | qa | mc`, on the shared engine:
   `itm` = re-ranked, `itc` = contrastive only; ties share their average rank, so a ground truth outside the
   top-k (all scored -100, official) ranks behind the k re-ranked candidates and halfway among the rest;
   `temporal` = the captions flagged `temporal` (ShapesBench), t2v over all videos, v2t over those captions
-  (re-ranked within them); r_mean = mean of the six recalls.
+  (re-ranked within them); r_mean = mean of the six recalls. `data.has_multi_vision_gt` (SSv2 label / template):
+  identical captions are one text whose ground truth is every video they caption (t2v: the best-ranked one),
+  and the v2t gallery holds each distinct caption once (official `build_data_multi_img_gt`).
 - QA: the official weighted answer loss; evaluation ranks `data.answer_list` (top-k by the first answer
   token, then the full sequence, `model.qa.scoring` faithful | corrected). Metrics `qa/all_acc`, and with
   `temporal` flags `qa/temporal_acc`, `qa/appearance_acc` (not temporal), and `qa/qtype/<qtype>_acc`.
@@ -72,13 +74,14 @@ from vidlab.tasks.ensemble import check_ensemble
 from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores
 from vidlab.tasks.rerank import (
     NOT_RERANKED,
+    PairScorer,
     RetrievalFeatures,
     describe_protocol,
     model_pair_scorer,
     rerank_direction,
     rerank_topk,
 )
-from vidlab.tasks.retrieval import CaptionIndex, ranks_from_scores
+from vidlab.tasks.retrieval import invert_ground_truth, ranks_from_scores
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ class SingularityDataConfig(DataConfig):
     transform: Any = "singularity"  # a preset name or {preset: singularity, size: 32, hflip: 0.0, ...}
     backend: str | None = None  # video decoding backend
     paragraph_retrieval: bool = False  # join each video's sentences into one text (DiDeMo, ActivityNet)
+    has_multi_vision_gt: bool = False  # official name: a caption has many ground-truth videos (SSv2 label/template)
 
 
 @dataclass
@@ -208,17 +212,23 @@ def has_temporal_flags(records: Sequence[MediaRecord]) -> bool:
 
 class CaptionPairDataset(VideoTextDataset):
     """One sample per (media file, caption) pair, as the official training files list them; `idx` numbers
-    the media file, so the rows of one file are each other's ITC positives."""
+    the media file, so the rows of one file are each other's ITC positives and never each other's ITM negatives.
 
-    def __init__(self, records: Sequence[MediaRecord], sampler: Any, transform: Any, **kwargs: Any):
+    `match_by_caption` (official `has_multi_vision_gt`, the SSv2 label / template retrieval tasks, where one
+    caption has many ground-truth videos): `idx` numbers the caption text instead, so clips with the same caption
+    are positives of each other.
+    """
+
+    def __init__(self, records: Sequence[MediaRecord], sampler: Any, transform: Any, match_by_caption: bool = False, **kwargs: Any):
         pairs = [r if len(r.captions) == 1 else replace(r, captions=(c,)) for r in records for c in r.captions]
-        file_ids: dict[str, int] = {}
-        self.file_ids = np.array([file_ids.setdefault(r.path, len(file_ids)) for r in pairs], dtype=np.int64)
+        keys = [r.captions[0] if match_by_caption else r.path for r in pairs]
+        ids: dict[str, int] = {}
+        self.match_ids = np.array([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
         super().__init__(pairs, sampler, transform, caption_mode="first", **kwargs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = super().__getitem__(index)
-        sample["idx"] = int(self.file_ids[sample["index"]])
+        sample["idx"] = int(self.match_ids[sample["index"]])
         return sample
 
 
@@ -344,37 +354,69 @@ def recall_metrics(ranks: Tensor, prefix: str) -> dict[str, float]:
     return values
 
 
+def first_of_each(keys: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(N,) the number of each row's key, keys numbered in order of first appearance, and (G,) the row where
+    each key first appears."""
+    numbers: dict[str, int] = {}
+    first: list[int] = []
+    for row, key in enumerate(keys):
+        if key not in numbers:
+            numbers[key] = len(first)
+            first.append(row)
+    return torch.tensor([numbers[key] for key in keys], dtype=torch.long), torch.tensor(first, dtype=torch.long)
+
+
 @dataclass
 class RetrievalTables:
-    """Evaluation rows in dataset order: videos by index, captions by (video, slot)."""
+    """Evaluation rows in dataset order: videos by index, texts by (video, slot). With grouped captions
+    (official `has_multi_vision_gt`) a text is one distinct caption, at its first row, and its ground truth is
+    every video the caption belongs to."""
 
     memory: Tensor  # (V, C, M, D)
     pooled: Tensor  # (V, T, D)
     text_states: Tensor  # (N, L, D), trimmed to the longest caption
     text_mask: Tensor  # (N, L)
-    text_to_video: Tensor  # (N,)
-    temporal: Tensor  # (N,) bool
+    text_videos: Tensor  # (N, K) long, -1 padded: the ground-truth videos of each text (K = 1 ungrouped)
+    temporal: Tensor  # (N,) bool; a grouped caption is temporal when any of its rows is
+
+    @property
+    def text_to_video(self) -> Tensor:
+        """(N,) the (first) ground-truth video of each text."""
+        return self.text_videos[:, 0]
 
     @classmethod
-    def from_outputs(cls, outputs: Mapping[str, Tensor]) -> RetrievalTables:
+    def from_outputs(cls, outputs: Mapping[str, Tensor], text_keys: Sequence[str] | None = None) -> RetrievalTables:
+        """`text_keys` (one per output text row, e.g. its raw caption): rows with equal keys become one text."""
         video_order = torch.argsort(outputs["video_index"])
         video_index = outputs["video_index"][video_order]
         owner, slot = outputs["text_video_index"], outputs["text_slot"]
         text_order = torch.argsort(owner * (int(slot.max()) + 1) + slot)
-        mask = outputs["text_mask"][text_order]
+        row_video = torch.searchsorted(video_index, owner[text_order])
+        row_temporal = outputs["text_temporal"][text_order].bool()
+        if text_keys is None:
+            rows, text_videos, temporal = text_order, row_video[:, None], row_temporal
+        else:
+            group, first = first_of_each([text_keys[int(row)] for row in text_order])
+            pairs = torch.unique(torch.stack([group, row_video], 1), dim=0)  # distinct (text, video), sorted
+            members = invert_ground_truth(pairs[:, 0], len(first))  # (G, K) positions in pairs
+            text_videos = torch.where(members >= 0, pairs[:, 1][members.clamp(min=0)], -1)
+            temporal = torch.zeros(len(first), dtype=torch.bool)
+            temporal[group[row_temporal]] = True
+            rows = text_order[first]
+        mask = outputs["text_mask"][rows]
         length = int(mask.sum(1).max())
         return cls(  # float32: features kept in half precision under mixed precision
             memory=outputs["video_memory"][video_order].float(),
             pooled=outputs["video_pooled"][video_order].float(),
-            text_states=outputs["text_states"][text_order][:, :length].float(),
+            text_states=outputs["text_states"][rows][:, :length].float(),
             text_mask=mask[:, :length],
-            text_to_video=torch.searchsorted(video_index, owner[text_order]),
-            temporal=outputs["text_temporal"][text_order].bool(),
+            text_videos=text_videos,
+            temporal=temporal,
         )
 
     def subsets(self) -> dict[str, Tensor]:
-        """Caption positions of each subset that has captions: all, and those flagged temporal."""
-        subsets = {"all": torch.arange(len(self.text_to_video))}
+        """Text positions of each subset that has texts: all, and those flagged temporal."""
+        subsets = {"all": torch.arange(len(self.text_videos))}
         if self.temporal.any():
             subsets["temporal"] = self.temporal.nonzero().flatten()
         return subsets
@@ -394,16 +436,34 @@ def retrieval_metrics(
     features = RetrievalFeatures(keep(tables.memory), keep(tables.pooled), keep(tables.text_states), keep(tables.text_mask))
     with torch.no_grad():
         itc = model.similarity(tables.pooled.to(device), model.pooled_text(tables.text_states, tables.text_mask).to(device)).float()
-    scorer = model_pair_scorer(model, features, device)
+    return retrieval_recalls(itc, model_pair_scorer(model, features, device), tables.text_videos, tables.subsets(), k, ensemble, pairs_per_call)
+
+
+def retrieval_recalls(
+    itc: Tensor,
+    scorer: PairScorer,
+    text_videos: Tensor,
+    subsets: Mapping[str, Tensor],
+    k: int,
+    ensemble: str,
+    pairs_per_call: int,
+) -> dict[str, float]:
+    """The recalls of `retrieval_metrics` from (V, N) ITC scores and the ITM pair scorer.
+
+    text_videos (N, K): each text's ground-truth videos, -1 padded; t2v counts the best-ranked one, v2t the
+    best-ranked text naming the video. subsets: name -> text positions ("all": every text); v2t of another
+    subset ranks its texts only (re-ranked within them) for the videos they name.
+    """
     scores = rerank_topk(itc, scorer, k, ensemble, pairs_per_call)
-    num_videos = len(tables.memory)
+    num_videos = itc.shape[0]
     metrics: dict[str, float] = {}
-    for subset, texts in tables.subsets().items():
-        captions = CaptionIndex.from_text_to_video(tables.text_to_video[texts], num_videos)
-        videos = (captions.video_to_texts >= 0).any(1).nonzero().flatten()
+    for subset, texts in subsets.items():
+        t2v_gt = text_videos[texts]
+        video_texts = invert_ground_truth(t2v_gt, num_videos)  # positions within the subset
+        videos = (video_texts >= 0).any(1).nonzero().flatten()
         if subset == "all":
             v2t = {"itm": scores.v2t_itm[videos], "itc": scores.v2t_itc[videos]}
-        else:  # re-rank each video's top-k among the subset's captions only
+        else:  # re-rank each video's top-k among the subset's texts only
 
             def subset_pairs(video_rows: Tensor, text_columns: Tensor, videos: Tensor = videos, texts: Tensor = texts) -> Tensor:
                 return scorer(videos[video_rows], texts[text_columns])
@@ -415,8 +475,8 @@ def retrieval_metrics(
             }
         t2v = {"itm": scores.t2v_itm[texts], "itc": scores.t2v_itc[texts]}
         for scoring in SCORINGS:
-            values = recall_metrics(ranks_from_scores(t2v[scoring], captions.text_to_video[:, None], "average"), "t2v")
-            values.update(recall_metrics(ranks_from_scores(v2t[scoring], captions.video_to_texts[videos], "average"), "v2t"))
+            values = recall_metrics(ranks_from_scores(t2v[scoring], t2v_gt, "average"), "t2v")
+            values.update(recall_metrics(ranks_from_scores(v2t[scoring], video_texts[videos], "average"), "v2t"))
             values["r_mean"] = (values["t2v_Rmean"] + values["v2t_Rmean"]) / 2
             metrics.update({f"{scoring}/{subset}/{name}": value for name, value in values.items()})
     return metrics
@@ -574,7 +634,9 @@ class SingularityRecipe(Recipe):
                 )
             else:
                 records = self._records(entry, captions=True)
-                dataset = CaptionPairDataset(records, **self._dataset_args(True, entry.image_frames))
+                dataset = CaptionPairDataset(
+                    records, match_by_caption=self.cfg.data.has_multi_vision_gt, **self._dataset_args(True, entry.image_frames)
+                )
                 collate = PairCollate(self._tokenize(model_cfg.text.max_length))
             sets.append(TrainSet(entry.name, dataset, entry.batch_size, collate))
         return sets
@@ -671,13 +733,21 @@ class SingularityRecipe(Recipe):
         model = self._eval_model
         return retrieval_metrics(
             model,
-            RetrievalTables.from_outputs(outputs),
+            RetrievalTables.from_outputs(outputs, self._text_keys(outputs, split)),
             self.cfg.eval.k_test,
             self.cfg.eval.frame_ensemble,
             self.cfg.eval.pairs_per_call,
             next(model.parameters()).device,
             self.cfg.eval.offload,
         )
+
+    def _text_keys(self, outputs: Mapping[str, Tensor], split: str) -> list[str] | None:
+        """With `data.has_multi_vision_gt`, the raw caption of every output text row (identical captions are
+        one text, as the official training `idx` groups them); None otherwise."""
+        if not self.cfg.data.has_multi_vision_gt:
+            return None
+        records = self._eval_records[split]
+        return [records[int(i)].captions[int(j)] for i, j in zip(outputs["text_video_index"], outputs["text_slot"])]
 
     def _qa_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
         records, answers = self._eval_records[split], self.answer_list()
@@ -741,14 +811,26 @@ class SingularityRecipe(Recipe):
                 ]
             )
         num_videos, num_frames = outputs["video_pooled"].shape[:2]
-        num_texts = len(outputs["text_slot"])
+        num_rows = len(outputs["text_slot"])
+        temporal_rows = outputs["text_temporal"].bool().tolist()
+        keys = self._text_keys(outputs, split)
+        grouping = []
+        if keys is None:
+            num_texts, num_temporal = num_rows, sum(temporal_rows)
+        else:
+            num_texts, num_temporal = len(set(keys)), len({key for key, temporal in zip(keys, temporal_rows) if temporal})
+            grouping.append(
+                f"  texts (data.has_multi_vision_gt): the {num_rows} (video, caption) rows hold {num_texts} distinct captions, "
+                "each with its gt videos; t2v counts the best-ranked gt video, v2t ranks the distinct captions"
+            )
         paragraph = "; texts are paragraphs (each video's sentences joined)" if self.cfg.data.paragraph_retrieval else ""
         return "\n".join(
             [
                 f"protocol: split '{split}'. "
                 + describe_protocol(num_videos, num_texts, num_frames, self.cfg.eval.k_test, self.cfg.eval.frame_ensemble),
+                *grouping,
                 (
-                    f"  subsets: all {num_texts} captions{paragraph}; temporal {int(outputs['text_temporal'].sum())} captions "
+                    f"  subsets: all {num_texts} captions{paragraph}; temporal {num_temporal} captions "
                     "(t2v against all videos, v2t among the temporal captions only, re-ranked within them)"
                 ),
                 (
@@ -818,4 +900,5 @@ __all__ = [
     "clean_text",
     "recall_metrics",
     "retrieval_metrics",
+    "retrieval_recalls",
 ]

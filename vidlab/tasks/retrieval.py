@@ -41,6 +41,27 @@ def ranks_from_scores(scores: torch.Tensor, gt_index: torch.Tensor, ties: Ties =
     return best
 
 
+def invert_ground_truth(gt_index: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """The other direction of a ground-truth relation, for evaluating both ways from one definition.
+
+    gt_index: (Q,) or (Q, K) long, candidate columns of each query, -1 padded. Returns (num_candidates, K')
+    long, -1 padded: the queries of each candidate in ascending order (K' >= 1; all -1 for a candidate no
+    query names). A caption -> video index gives the video -> captions one and vice versa.
+    """
+    if gt_index.dim() == 1:
+        gt_index = gt_index[:, None]
+    queries, slots = (gt_index >= 0).nonzero(as_tuple=True)  # row-major: queries ascending
+    candidates = gt_index[queries, slots]
+    order = torch.argsort(candidates, stable=True)
+    queries, candidates = queries[order], candidates[order]
+    counts = torch.bincount(candidates, minlength=num_candidates)
+    width = max(int(counts.max()) if len(counts) else 0, 1)
+    inverse = torch.full((num_candidates, width), -1, dtype=torch.long)
+    first = torch.cumsum(counts, 0) - counts
+    inverse[candidates, torch.arange(len(candidates)) - first[candidates]] = queries
+    return inverse
+
+
 def ranks_from_embeddings(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -93,13 +114,7 @@ class CaptionIndex:
     def from_text_to_video(cls, text_to_video: Sequence[int] | torch.Tensor, num_videos: int | None = None) -> CaptionIndex:
         t2v = torch.as_tensor(text_to_video, dtype=torch.long)
         num_videos = int(t2v.max()) + 1 if num_videos is None else num_videos
-        counts = torch.bincount(t2v, minlength=num_videos)
-        v2t = torch.full((num_videos, max(int(counts.max()), 1)), -1, dtype=torch.long)
-        slot = torch.zeros(num_videos, dtype=torch.long)
-        for text, video in enumerate(t2v.tolist()):
-            v2t[video, slot[video]] = text
-            slot[video] += 1
-        return cls(t2v, v2t)
+        return cls(t2v, invert_ground_truth(t2v, num_videos))
 
     @classmethod
     def consecutive(cls, num_videos: int, captions_per_video: int) -> CaptionIndex:
