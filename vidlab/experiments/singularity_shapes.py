@@ -20,6 +20,9 @@ The experiment, every training and evaluation through the `singularity` recipe a
    on appearance vs temporal captions), 5-way multiple choice (every ShapesBench item has a reversed-motion
    distractor, so it is also scored 3-way against its appearance distractors (colour, shape) and against its
    motion distractors (reversed, another motion) apart), and QA fine-tuned from that retrieval model;
+   with `templates` in the plan, also the paper's own temporal benchmark in ShapesBench form, SSv2-template
+   retrieval: fine-tuned from its retrieval model on one caption per motion template ("something slides to the
+   left"), then the ITM choice among all templates and against the clip's reversed template (`write_template_files`);
 5. writes OUT/results.json, OUT/report.html with the tables and OUT/results.png (grouped bars with the
    chance levels, and the test-frame / ensemble curve), and returns the tables for printing.
 
