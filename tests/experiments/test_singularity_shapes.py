@@ -134,6 +134,10 @@ def test_variants_train_with_their_frames_and_temporal_parts(singularity_quick_r
         templates = OmegaConf.load(out / variant["name"] / "templates" / "config.yaml")
         assert templates.init_from == str(models[variant["name"]]) and templates.data.has_multi_vision_gt
         assert templates.data.num_frames == variant["num_frames"] and templates.data.train[0].annotations.endswith("templates_train.json")
+        reads_temporal_cls = "model.temporal_vision_encoder.update_pooler_embed=true" in variant["template_overrides"]
+        assert OmegaConf.select(templates, "model.temporal_vision_encoder.update_pooler_embed", default=False) is reads_temporal_cls
+        assert OmegaConf.select(run, "model.temporal_vision_encoder.update_pooler_embed", default=False) is False
+    assert [v["name"] for v in results["variants"] if v["template_overrides"]] == ["temporal"]
 
 
 def test_a_finished_run_of_the_same_config_is_reused(singularity_quick_run):

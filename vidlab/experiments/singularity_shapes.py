@@ -82,6 +82,7 @@ class VariantConfig:
     temporal_encoder: bool = True  # with `temporal`: the temporal encoder too (false: the embeddings alone)
     init_from: str | None = None  # an earlier variant whose retrieval model this one starts from
     overrides: list[str] = field(default_factory=list)  # its retrieval training's config overrides
+    template_overrides: list[str] = field(default_factory=list)  # its template fine-tuning's, after the plan's
 
 
 @dataclass
@@ -533,7 +534,7 @@ def run_experiment(
         if template_files is not None:
             templates[variant.name] = _template_task(
                 progress, variant, config_dir / str(plan.templates), configs["mc"], template_files,
-                [*architecture, *plan.template_overrides, *last], model_dirs[variant.name], folder,
+                [*architecture, *plan.template_overrides, *variant.template_overrides, *last], model_dirs[variant.name], folder,
             )
 
     results = {
@@ -556,7 +557,9 @@ def run_experiment(
             {"name": v.name, "label": v.label, "num_frames": v.num_frames, "temporal": v.temporal,
              "temporal_encoder": v.temporal and v.temporal_encoder, "init_from": v.init_from,
              "retrieval_model": str(model_dirs[v.name]), "retrieval_training": training_summary(out_dir / v.name / "retrieval"),
-             "qa_run": str(out_dir / v.name / "qa"), "qa_training": training_summary(out_dir / v.name / "qa")}
+             "qa_run": str(out_dir / v.name / "qa"), "qa_training": training_summary(out_dir / v.name / "qa"),
+             "template_training": training_summary(out_dir / v.name / "templates") if template_files else None,
+             "template_overrides": list(v.template_overrides)}
             for v in plan.variants
         ],
         "retrieval": [{**row, "R1": retrieval_r1(row["metrics"], test)} for row in retrieval],
@@ -718,7 +721,9 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
     variants = "; ".join(
         f"{v['label']}: {v['num_frames']} training frame(s)" + (", temporal embeddings" + (" + temporal encoder" if v["temporal_encoder"] else "") if v["temporal"] else "")
         + (f", started from {v['init_from']}" if v["init_from"] else "")
-        + f", {training(v['retrieval_training'])} (QA: {training(v['qa_training'])})"
+        + f", {training(v['retrieval_training'])} (QA: {training(v['qa_training'])}"
+        + (f"; templates: {training(v['template_training'])}" if v.get("template_training") else "")
+        + (f", {', '.join(v['template_overrides'])}" if v.get("template_overrides") else "") + ")"
         for v in results["variants"]
     )
     notes = [
@@ -748,7 +753,8 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
         "Expected shape (paper): single-frame training matches multi-frame training on appearance items and stays near chance "
         "on temporal ones; the temporal variant recovers them. Without temporal embeddings a multi-frame memory is an "
         "unordered set of frames (cross-attention and the frame-mean ITC are permutation-invariant), so plain 4-frame "
-        "training cannot tell a clip from its reverse either; ITC never can (frame-mean of per-frame features).",
+        "training cannot tell a clip from its reverse either; ITC on BEiT's per-frame features never can (a frame mean), only ITC on the "
+        "temporal encoder's [CLS] states (`model.temporal_vision_encoder.update_pooler_embed`) sees the order.",
     ]
     sections = [
         f"<h2>Comparison (test split, %)</h2>{table_html([summary_rows(results)[0], *summary_rows(results)[1]])}",
