@@ -154,6 +154,21 @@ def test_a_finished_run_of_the_same_config_is_reused(singularity_quick_run):
     assert finished_run(run_dir, cfg) is None
 
 
+def test_a_finished_run_is_found_however_its_folder_is_spelled(singularity_quick_run, monkeypatch):
+    """A relative run_dir names the same run as the absolute one saved in its config (a second experiment run given a
+    relative --out must not retrain, and so replace, what the first one trained)."""
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    run_dir = out / "1frame" / "retrieval"
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    monkeypatch.chdir(out)
+    cfg.run_dir = "1frame/retrieval"
+    assert finished_run(run_dir, cfg) is not None
+    cfg.run_dir = "4frames/retrieval"
+    assert finished_run(run_dir, cfg) is None
+
+
 def test_a_run_saved_before_a_config_field_existed_is_reused(singularity_quick_run, tmp_path):
     """A field added to the schema since the run, at its default, leaves the run the same; at another value, not."""
     import shutil

@@ -19,8 +19,9 @@ the DataLoader workers (1 thread each) need the cores anyway.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import resource
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import lightning.pytorch as pl
 import torch
 
 from vidlab.bench.common import run_isolated
+
+logger = logging.getLogger(__name__)
 
 # imported once by the forkserver, so that every run starts with them loaded
 PRELOAD = ("vidlab.experiments.measure", "vidlab.engine.runner", "vidlab.recipes")
@@ -109,17 +112,30 @@ def train_measured(config_file: str, overrides: Sequence[str], torch_threads: in
     }
 
 
+def set_aside(run_dir: Path) -> Path | None:
+    """Move an earlier run out of `run_dir` to a free `<name>.earlier-N` beside it, never delete it (it may hold the
+    only copy of a trained model); the folder it now lives in, or None when there was none."""
+    if not run_dir.exists():
+        return None
+    for number in itertools.count(1):
+        target = run_dir.with_name(f"{run_dir.name}.earlier-{number}")
+        if not target.exists():
+            run_dir.rename(target)
+            logger.warning("an earlier run in %s was moved to %s", run_dir, target)
+            return target
+    raise AssertionError("unreachable")
+
+
 def measured_run(
     config_file: str | Path, overrides: Sequence[str], run_dir: str | Path, torch_threads: int | None = None
 ) -> RunMeasurement:
-    """Train into `run_dir` (emptied first) in a fresh process with `torch_threads` intra-op threads (None:
-    torch's default) and measure it."""
+    """Train into `run_dir` (an earlier run there is set aside) in a fresh process with `torch_threads` intra-op
+    threads (None: torch's default) and measure it."""
     run_dir = Path(run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    set_aside(run_dir)
     kwargs = {"config_file": str(config_file), "overrides": [*overrides, f"run_dir={run_dir}"], "torch_threads": torch_threads}
     fields, peak_rss = run_isolated(train_measured, kwargs, preload=PRELOAD)
     return RunMeasurement(**fields, peak_rss_mib=peak_rss)
 
 
-__all__ = ["PRELOAD", "RunMeasurement", "RunMeter", "measured_run", "train_measured"]
+__all__ = ["PRELOAD", "RunMeasurement", "RunMeter", "measured_run", "set_aside", "train_measured"]

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
@@ -378,24 +377,30 @@ def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | Non
         saved_cfg = load_train_config(saved)
     except VidlabError:
         return None
-    if OmegaConf.to_container(saved_cfg, resolve=True) != OmegaConf.to_container(cfg, resolve=True):
+    saved_values, values = OmegaConf.to_container(saved_cfg, resolve=True), OmegaConf.to_container(cfg, resolve=True)
+    for run in (saved_values, values):  # the same folder, however it was spelled
+        if run.get("run_dir"):  # type: ignore[union-attr]
+            run["run_dir"] = str(Path(run["run_dir"]).resolve())  # type: ignore[index, arg-type]
+    if saved_values != values:
         return None
     return model_dir, dict(json.loads(metrics.read_text())["metrics"])
 
 
 def _train(config: Path, overrides: Sequence[str], run_dir: Path) -> tuple[Path, dict[str, float]]:
-    """Train into `run_dir` (emptied first) unless it holds a finished run of the same config;
-    (final model folder, the evaluation after training)."""
+    """Train into `run_dir` unless it holds a finished run of the same config (another run there is set aside, not
+    deleted); (final model folder, the evaluation after training)."""
     from vidlab.engine.config import load_train_config
     from vidlab.engine.runner import train
+    from vidlab.experiments.measure import set_aside
 
     cfg = load_train_config(config, [*overrides, f"run_dir={run_dir}"])
     finished = finished_run(run_dir, cfg)
     if finished is not None:
         print(f"reusing {run_dir}: it finished with this config")
         return finished
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    moved = set_aside(run_dir)
+    if moved is not None:
+        print(f"{run_dir} held a run of another config (or an unfinished one): moved to {moved}")
     result = train(cfg)
     return result.model_dir, dict(result.metrics)
 
@@ -470,6 +475,7 @@ def run_experiment(
     from vidlab.data.shapesbench import generate
 
     started = time.perf_counter()
+    out_dir = out_dir.resolve()  # the runs' saved configs name absolute folders, which a later run compares with
     plan, config_dir = load_plan(plan_file or (QUICK_CONFIG if quick else EXPERIMENT_CONFIG))
     configs = {task: config_dir / getattr(plan, task) for task in ("retrieval", "qa", "mc")}
     grid = grid_settings(plan)
