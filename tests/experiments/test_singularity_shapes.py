@@ -169,6 +169,25 @@ def test_a_finished_run_is_found_however_its_folder_is_spelled(singularity_quick
     assert finished_run(run_dir, cfg) is None
 
 
+def test_a_run_whose_start_model_was_trained_again_is_not_reused(singularity_quick_run, tmp_path):
+    import os
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    run_dir = shutil.copytree(out / "temporal" / "retrieval", tmp_path / "retrieval")
+    start = shutil.copytree(out / "1frame" / "retrieval" / "0-train" / "model", tmp_path / "start")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.run_dir, cfg.init_from = str(run_dir), str(start)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    saved_at = (run_dir / "config.yaml").stat().st_mtime
+    os.utime(start / "model.safetensors", (saved_at - 60, saved_at - 60))
+    assert finished_run(run_dir, cfg) is not None
+    os.utime(start / "model.safetensors", (saved_at + 60, saved_at + 60))
+    assert finished_run(run_dir, cfg) is None
+
+
 def test_a_run_saved_before_a_config_field_existed_is_reused(singularity_quick_run, tmp_path):
     """A field added to the schema since the run, at its default, leaves the run the same; at another value, not."""
     import shutil

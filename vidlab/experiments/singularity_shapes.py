@@ -363,8 +363,9 @@ class _Progress:
 
 
 def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | None:
-    """(final model folder, test metrics) of a run in `run_dir` that finished with exactly the config `cfg`,
-    else None: an experiment run again (after a crash, or with a changed plan) retrains only what changed."""
+    """(final model folder, test metrics) of a run in `run_dir` that finished with exactly the config `cfg`, from a
+    model (`init_from`) not trained again since, else None: an experiment run again (after a crash, or with a changed
+    plan) retrains only what changed and what starts from it."""
     from vidlab.engine.config import load_train_config, resolve_stages
     from vidlab.engine.runner import MODEL_DIR, RUN_CONFIG
     from vidlab.models.checkpoint import WEIGHTS_FILE
@@ -383,6 +384,11 @@ def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | Non
             run["run_dir"] = str(Path(run["run_dir"]).resolve())  # type: ignore[index, arg-type]
     if saved_values != values:
         return None
+    if cfg.init_from:
+        start = Path(cfg.init_from)
+        start_weights = start / WEIGHTS_FILE if start.is_dir() else start
+        if start_weights.is_file() and start_weights.stat().st_mtime > saved.stat().st_mtime:
+            return None  # the model it started from was trained again after this run
     return model_dir, dict(json.loads(metrics.read_text())["metrics"])
 
 
