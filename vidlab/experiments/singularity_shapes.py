@@ -404,9 +404,7 @@ def _train(config: Path, overrides: Sequence[str], run_dir: Path) -> tuple[Path,
     if finished is not None:
         print(f"reusing {run_dir}: it finished with this config")
         return finished
-    moved = set_aside(run_dir)
-    if moved is not None:
-        print(f"{run_dir} held a run of another config (or an unfinished one): moved to {moved}")
+    set_aside(run_dir)  # a run of another config, or an unfinished one
     result = train(cfg)
     return result.model_dir, dict(result.metrics)
 
