@@ -19,7 +19,6 @@ the DataLoader workers (1 thread each) need the cores anyway.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import resource
 import time
@@ -117,13 +116,12 @@ def set_aside(run_dir: Path) -> Path | None:
     only copy of a trained model); the folder it now lives in, or None when there was none."""
     if not run_dir.exists():
         return None
-    for number in itertools.count(1):
-        target = run_dir.with_name(f"{run_dir.name}.earlier-{number}")
-        if not target.exists():
-            run_dir.rename(target)
-            logger.warning("an earlier run in %s was moved to %s", run_dir, target)
-            return target
-    raise AssertionError("unreachable")
+    number = 1
+    while (target := run_dir.with_name(f"{run_dir.name}.earlier-{number}")).exists():
+        number += 1
+    run_dir.rename(target)
+    logger.warning("an earlier run in %s was moved to %s", run_dir, target)
+    return target
 
 
 def measured_run(
