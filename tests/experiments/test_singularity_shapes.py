@@ -269,6 +269,9 @@ def test_bad_plans_are_one_line_errors(tmp_path, capsys):
     assert main(["experiment", "singularity-shapes", "--plan", str(plan), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
     assert "colour" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["experiment", "singularity-shapes", "--quick", "--jobs", "0", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
+    assert "--jobs must be 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
 
 
 def test_shipped_plans_load_and_name_each_temporal_part():
@@ -281,3 +284,36 @@ def test_shipped_plans_load_and_name_each_temporal_part():
         assert by_name["1frame"][1:] == ["model.add_temporal_embed=false", "model.temporal_vision_encoder.enable=false"]
         assert by_name["temporal_embed"][1:] == ["model.add_temporal_embed=true", "model.temporal_vision_encoder.enable=false"]
         assert by_name["temporal"][1:] == ["model.add_temporal_embed=true", "model.temporal_vision_encoder.enable=true"]
+
+
+def test_steps_run_at_once_give_the_same_numbers(singularity_quick_run, singularity_text_folder, tmp_path):
+    """`--jobs 2`: each training and evaluation in its own process, with its log; the 1-frame model trains as it
+    does in this process, and the variant started from it reads its final model."""
+    from omegaconf import OmegaConf
+
+    out, _ = singularity_quick_run
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"_base_: {QUICK_CONFIG}\n"
+        + "".join(f"{task}: {QUICK_CONFIG.parent / f'{task}.yaml'}\n" for task in ("retrieval", "qa", "mc"))
+        + "templates: null\ngrid_test_frames: [1]\nvariants:\n"
+        "  - {name: 1frame, label: 1 frame, num_frames: 1, overrides: [trainer.max_epochs=2]}\n"
+        "  - {name: temporal, label: 4 frames + temporal, num_frames: 4, temporal: true, init_from: 1frame}\n"
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([
+            "experiment", "singularity-shapes", "--plan", str(plan), "--size", "tiny", "--jobs", "2", "--data", str(out.parent / "data"),
+            "--out", str(tmp_path / "out"), f"text.tokenizer={singularity_text_folder}", f"text.weights={singularity_text_folder}",
+            "model.vision.hidden_size=48", "model.vision.num_attention_heads=2", "model.vision.intermediate_size=96",
+        ])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    reference = json.loads((out / "results.json").read_text())
+    main_rows = {r["variant"]: r["metrics"] for r in results["retrieval"] if r["kind"] == "main"}
+    assert main_rows["1frame"] == next(r["metrics"] for r in reference["retrieval"] if r["variant"] == "1frame" and r["kind"] == "main")
+    assert results["jobs"] == 2 and set(results["mc"]) == set(results["qa"]) == {"1frame", "temporal"}
+    run = OmegaConf.load(tmp_path / "out" / "temporal" / "retrieval" / "config.yaml")
+    assert run.init_from == str(tmp_path / "out" / "1frame" / "retrieval" / "0-train" / "model")
+    log = (tmp_path / "out" / "logs" / "temporal.qa.log").read_text()
+    assert "qa/temporal_acc" in log and "(log: " in printed.getvalue()

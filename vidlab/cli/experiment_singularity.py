@@ -5,9 +5,10 @@ embeddings, and the temporal variant (4 frames, temporal embeddings and encoder)
 frame ensemble; for every variant reports retrieval R@1 (ITM re-ranked and contrastive) on appearance vs
 temporal captions, multiple choice (reversed-motion distractors) and QA fine-tuned from it, appearance vs
 temporal. Writes OUT/report.html (tables, plot), OUT/results.json and OUT/results.png, and prints the tables.
-On `small` the default plan takes over an hour on a 2-core CPU (`--threads 1`), `--plan
-configs/experiments/singularity_shapes/long.yaml` (more training) about 6 minutes on one GPU; `--quick`
-(ShapesBench tiny, a few steps per run) checks the pipeline, not the claim.
+On `small` the default plan takes over an hour on a 2-core CPU (`--threads 1`); `--plan
+configs/experiments/singularity_shapes/long.yaml` (more training) is for a GPU, with `--jobs` (about 15 minutes on
+one H100 with 16 cores at `--jobs 6`); `--quick` (ShapesBench tiny, a few steps per run) checks
+the pipeline, not the claim.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from vidlab.cli._group import add_overrides
 from vidlab.data.shapesbench.generate import PRESETS
+from vidlab.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -37,6 +39,12 @@ def register(subparsers) -> None:
         help="torch CPU threads per process (default: torch's choice); 1 keeps a small or shared CPU from oversubscribing "
         "while data-loading workers decode",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="trainings and evaluations run at once, each in its own process with its output in OUT/logs, as soon as "
+        "the models they start from are trained (default: 1, in this process). The plan's models are small and data "
+        "loading bounds them: on a GPU, several jobs with data.num_workers about cores / jobs or more",
+    )
     add_overrides(parser)
     parser.set_defaults(func=run)
 
@@ -50,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     size = args.size or ("tiny" if args.quick else "small")
     data = args.data if args.data is not None else Path("data") / f"shapes_{size}"
-    result = run_experiment(data, args.out, size=size, seed=args.seed, quick=args.quick, plan_file=args.plan, overrides=args.overrides)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be 1 or more, got {args.jobs}")
+    result = run_experiment(data, args.out, size=size, seed=args.seed, quick=args.quick, plan_file=args.plan, overrides=args.overrides,
+                            jobs=args.jobs, threads=args.threads)
     print(f"\n{format_tables(result.results)}\n")
     print(f"report: {result.report}; results: {result.out_dir / 'results.json'}; plot: {result.plot}")
     print(f"experiment finished in {result.wall_time_s:.0f} s")

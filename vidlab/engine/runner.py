@@ -434,11 +434,16 @@ def _eval_target(target: Path, overrides: Sequence[str]) -> tuple[DictConfig, Pa
         return cfg, target
     if (target / WEIGHTS_FILE).is_file():
         return cfg, target
-    stages = resolve_stages(cfg)
-    weights = target / stages[-1].dirname / MODEL_DIR
+    return cfg, final_model_dir(target, cfg)
+
+
+def final_model_dir(run_dir: Path, cfg: DictConfig | None = None) -> Path:
+    """The final model folder of the run in `run_dir` (its last stage's), by its saved config or `cfg`."""
+    cfg = cfg if cfg is not None else load_train_config(run_dir / RUN_CONFIG)
+    weights = run_dir / resolve_stages(cfg)[-1].dirname / MODEL_DIR
     if not (weights / WEIGHTS_FILE).is_file():
-        raise TrainingError(f"{target}: the run has no final weights at {weights} (pass a checkpoint instead)")
-    return cfg, weights
+        raise TrainingError(f"{run_dir}: the run has no final weights at {weights} (pass a checkpoint instead)")
+    return weights
 
 
 def load_checkpoint_weights(path: Path | None) -> str | dict[str, torch.Tensor] | None:

@@ -51,6 +51,7 @@ from omegaconf import MISSING, OmegaConf
 from vidlab.bench.common import markdown_table
 from vidlab.config import load_config
 from vidlab.errors import ConfigError, VidlabError
+from vidlab.experiments.steps import Progress, Step, run_steps
 from vidlab.tasks.ensemble import FRAME_ENSEMBLES, check_ensemble
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "singularity_shapes"
@@ -344,24 +345,6 @@ class ExperimentResult:
     wall_time_s: float
 
 
-class _Progress:
-    """Numbered, timed progress lines ([3/17] ...), and the seconds each phase took."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.done = 0
-        self.seconds: dict[str, float] = {}
-
-    def run(self, key: str, what: str, fn: Any, *args: Any) -> Any:
-        self.done += 1
-        print(f"\n[{self.done}/{self.total}] {what}", flush=True)
-        started = time.perf_counter()
-        result = fn(*args)
-        self.seconds[key] = time.perf_counter() - started
-        print(f"[{self.done}/{self.total}] done in {self.seconds[key]:.0f} s", flush=True)
-        return result
-
-
 def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | None:
     """(final model folder, test metrics) of a run in `run_dir` that finished with exactly the config `cfg`, from a
     model (`init_from`) not trained again since, else None: an experiment run again (after a crash, or with a changed
@@ -392,14 +375,15 @@ def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | Non
     return model_dir, dict(json.loads(metrics.read_text())["metrics"])
 
 
-def _train(config: Path, overrides: Sequence[str], run_dir: Path) -> tuple[Path, dict[str, float]]:
-    """Train into `run_dir` unless it holds a finished run of the same config (another run there is set aside, not
-    deleted); (final model folder, the evaluation after training)."""
+def _train(config: Path, overrides: Sequence[str], run_dir: Path, start: Path | None = None) -> tuple[Path, dict[str, float]]:
+    """Train into `run_dir` (from the final model of the run in `start`) unless it holds a finished run of the same
+    config (another run there is set aside, not deleted); (final model folder, the evaluation after training)."""
     from vidlab.engine.config import load_train_config
-    from vidlab.engine.runner import train
+    from vidlab.engine.runner import final_model_dir, train
     from vidlab.experiments.measure import set_aside
 
-    cfg = load_train_config(config, [*overrides, f"run_dir={run_dir}"])
+    start_from = [f"init_from={final_model_dir(start)}"] if start is not None else []
+    cfg = load_train_config(config, [*overrides, *start_from, f"run_dir={run_dir}"])
     finished = finished_run(run_dir, cfg)
     if finished is not None:
         print(f"reusing {run_dir}: it finished with this config")
@@ -409,39 +393,52 @@ def _train(config: Path, overrides: Sequence[str], run_dir: Path) -> tuple[Path,
     return result.model_dir, dict(result.metrics)
 
 
-def _evaluate(target: Path, overrides: Sequence[str], out_dir: Path) -> dict[str, float]:
-    from vidlab.engine.runner import evaluate
+def _evaluate(target: Path, overrides: Sequence[str], out_dir: Path, checkpoint: Path | None = None) -> dict[str, float]:
+    """`vidlab eval` of `target` (a config file or run folder), with the final model of the run in `checkpoint`."""
+    from vidlab.engine.runner import evaluate, final_model_dir
 
-    return dict(evaluate(target, [*overrides, f"eval.output_dir={out_dir}"]))
+    weights = [f"eval.checkpoint={final_model_dir(checkpoint)}"] if checkpoint is not None else []
+    return dict(evaluate(target, [*overrides, *weights, f"eval.output_dir={out_dir}"]))
 
 
-def _template_task(
-    progress: _Progress,
+def _variant_steps(
+    plan: ExperimentConfig,
     variant: VariantConfig,
-    config: Path,
-    mc_config: Path,
-    files: TemplateFiles,
-    overrides: Sequence[str],
-    start: Path,
+    configs: Mapping[str, Path],
+    architecture: Sequence[str],
+    last: Sequence[str],
+    mc_files: Mapping[str, Path],
+    template_files: TemplateFiles | None,
     folder: Path,
-) -> dict[str, float]:
-    """Fine-tune `variant` from its retrieval model (`start`) on the templates, then its template retrieval and its
-    choice among all templates / against the reversed one (ITM scores, the MC protocol)."""
-    paths = [f"data.train.0.annotations={files.train.resolve()}", f"data.test.annotations={files.test.resolve()}"]
-    model_dir, metrics = progress.run(
-        f"{variant.name}/templates", f"{variant.label}: template retrieval fine-tuned from its retrieval model",
-        _train, config, [*paths, f"init_from={start}", *overrides],
-        folder / "templates",
-    )
-    scores = {"t2v_R1": metrics["itm/all/t2v_R1"], "v2t_R1": metrics["itm/all/v2t_R1"]}
-    for name, choice_file in (("choice_all", files.choice_all), ("choice_reversed", files.choice_reversed)):
-        choice = progress.run(
-            f"{variant.name}/templates/{name}", f"{variant.label}: template " + ("among all" if name == "choice_all" else "vs its reversal"),
-            _evaluate, mc_config, [*overrides, f"eval.checkpoint={model_dir}", f"data.test.annotations={choice_file.resolve()}"],
-            folder / "templates" / name,
-        )
-        scores[name] = choice["mc/all_acc"]
-    return scores
+) -> list[Step]:
+    """What runs on a variant's retrieval model (`folder`/retrieval): multiple choice against all / appearance /
+    motion distractors, QA fine-tuning, and with `template_files` the template fine-tuning and its two choices."""
+    retrieval = folder / "retrieval"
+    after = (f"{variant.name}/retrieval",)
+    steps = [
+        Step(f"{variant.name}/mc/{name}",
+             f"{variant.label}: multiple choice" + (f" against its {name} distractors only" if mc_file else ""),
+             _evaluate, (configs["mc"], [*architecture, *last, *([f"data.test.annotations={mc_file.resolve()}"] if mc_file else [])],
+                         folder / "mc" / name, retrieval), after)
+        for name, mc_file in (("all", None), *mc_files.items())
+    ]
+    steps.append(Step(f"{variant.name}/qa", f"{variant.label}: QA fine-tuned from its retrieval model",
+                      _train, (configs["qa"], [*architecture, *plan.qa_overrides, *last], folder / "qa", retrieval), after))
+    if template_files is None:
+        return steps
+    overrides = [*architecture, *plan.template_overrides, *variant.template_overrides, *last]
+    paths = [f"data.train.0.annotations={template_files.train.resolve()}", f"data.test.annotations={template_files.test.resolve()}"]
+    steps.append(Step(f"{variant.name}/templates", f"{variant.label}: template retrieval fine-tuned from its retrieval model",
+                      _train, (configs["templates"], [*paths, *overrides], folder / "templates", retrieval), after))
+    for name, choice_file in (("choice_all", template_files.choice_all), ("choice_reversed", template_files.choice_reversed)):
+        steps.append(Step(
+            f"{variant.name}/templates/{name}",
+            f"{variant.label}: template " + ("among all" if name == "choice_all" else "vs its reversal"),
+            _evaluate, (configs["mc"], [*overrides, f"data.test.annotations={choice_file.resolve()}"], folder / "templates" / name,
+                        folder / "templates"),
+            (f"{variant.name}/templates",),
+        ))
+    return steps
 
 
 def grid_settings(plan: ExperimentConfig) -> list[tuple[int, str]]:
@@ -474,16 +471,19 @@ def run_experiment(
     quick: bool = False,
     plan_file: Path | None = None,
     overrides: Sequence[str] = (),
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> ExperimentResult:
-    """The whole experiment (module docstring); `overrides` apply to every training and evaluation config."""
+    """The whole experiment (module docstring); `overrides` apply to every training and evaluation config. `jobs`:
+    trainings and evaluations run at once, each in its own process (`run_steps`), with `threads` torch threads."""
     from vidlab.data.shapesbench import generate
 
     started = time.perf_counter()
     out_dir = out_dir.resolve()  # the runs' saved configs name absolute folders, which a later run compares with
     plan, config_dir = load_plan(plan_file or (QUICK_CONFIG if quick else EXPERIMENT_CONFIG))
-    configs = {task: config_dir / getattr(plan, task) for task in ("retrieval", "qa", "mc")}
+    configs = {task: config_dir / getattr(plan, task) for task in ("retrieval", "qa", "mc", "templates") if getattr(plan, task)}
     grid = grid_settings(plan)
-    progress = _Progress(1 + len(plan.variants) * (5 + (3 if plan.templates else 0)) + len(grid) + 1)
+    progress = Progress(1 + len(plan.variants) * (5 + (3 if plan.templates else 0)) + len(grid) + 1)
     root = progress.run("data", f"ShapesBench {size} (seed {seed}) in {data_dir}", lambda: generate(data_dir, size, seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     test = read_test_set(root, out_dir / "annotations")
@@ -492,60 +492,51 @@ def run_experiment(
     last = [*plan.overrides, *overrides]  # the quick plan's and the command line's settings win
     test_frames = [f"data.num_frames_test={plan.test_frames}", "eval.frame_ensemble=concat"]
 
-    model_dirs: dict[str, Path] = {}
-    retrieval: list[dict[str, Any]] = []
-    mc: dict[str, dict[str, float]] = {}
-    qa: dict[str, dict[str, float]] = {}
-    templates: dict[str, dict[str, float]] = {}
+    steps: list[Step] = []
     for variant in plan.variants:
-        folder = out_dir / variant.name
-        start = [f"init_from={model_dirs[variant.init_from]}"] if variant.init_from else []
-        model_dirs[variant.name], metrics = progress.run(
+        start = out_dir / variant.init_from / "retrieval" if variant.init_from else None
+        steps.append(Step(
             f"{variant.name}/retrieval",
             f"{variant.label}: retrieval training" + (f" from {variant.init_from}" if variant.init_from else "")
             + f", test with {plan.test_frames} frames",
-            _train, configs["retrieval"], [*data, *variant_overrides(variant), *test_frames, *start, *variant.overrides, *last],
-            folder / "retrieval",
-        )
-        retrieval.append({"variant": variant.name, "kind": "main", "test_frames": plan.test_frames, "ensemble": "concat",
-                          "metrics": metrics, "protocol": _protocol(folder / "retrieval")})
-
-    grid_run = model_dirs[plan.grid_variant].parent.parent  # RUN/0-train/model -> RUN
+            _train, (configs["retrieval"], [*data, *variant_overrides(variant), *test_frames, *variant.overrides, *last],
+                     out_dir / variant.name / "retrieval", start),
+            (f"{variant.init_from}/retrieval",) if variant.init_from else (),
+        ))
     for frames, ensemble in grid:
-        eval_dir = out_dir / plan.grid_variant / "grid" / f"{frames}f_{ensemble}"
-        metrics = progress.run(
+        steps.append(Step(
             f"{plan.grid_variant}/grid/{frames}f_{ensemble}",
             f"{plan.grid_variant}: retrieval with {frames} test frames, ensemble {ensemble}",
-            _evaluate, grid_run, [f"data.num_frames_test={frames}", f"eval.frame_ensemble={ensemble}", *plan.grid_overrides], eval_dir,
-        )
-        retrieval.append({"variant": plan.grid_variant, "kind": "grid", "test_frames": frames, "ensemble": ensemble,
-                          "metrics": metrics, "protocol": _protocol(eval_dir)})
-
+            _evaluate, (out_dir / plan.grid_variant / "retrieval",
+                        [f"data.num_frames_test={frames}", f"eval.frame_ensemble={ensemble}", *plan.grid_overrides],
+                        out_dir / plan.grid_variant / "grid" / f"{frames}f_{ensemble}"),
+            (f"{plan.grid_variant}/retrieval",),
+        ))
     for variant in plan.variants:
-        folder = out_dir / variant.name
-        architecture = [*data, *variant_overrides(variant), *test_frames]
-        scores = {}
-        for name, mc_file in (("all", None), *test.mc_files.items()):
-            subset_file = [f"data.test.annotations={mc_file.resolve()}"] if mc_file else []
-            metrics = progress.run(
-                f"{variant.name}/mc/{name}",
-                f"{variant.label}: multiple choice" + (f" against its {name} distractors only" if mc_file else ""),
-                _evaluate, configs["mc"], [*architecture, f"eval.checkpoint={model_dirs[variant.name]}", *last, *subset_file],
-                folder / "mc" / name,
-            )
-            scores[name] = metrics["mc/all_acc"]
-        mc[variant.name] = scores
-        _, qa[variant.name] = progress.run(
-            f"{variant.name}/qa",
-            f"{variant.label}: QA fine-tuned from its retrieval model",
-            _train, configs["qa"], [*architecture, f"init_from={model_dirs[variant.name]}", *plan.qa_overrides, *last],
-            folder / "qa",
-        )
-        if template_files is not None:
-            templates[variant.name] = _template_task(
-                progress, variant, config_dir / str(plan.templates), configs["mc"], template_files,
-                [*architecture, *plan.template_overrides, *variant.template_overrides, *last], model_dirs[variant.name], folder,
-            )
+        steps += _variant_steps(plan, variant, configs, [*data, *variant_overrides(variant), *test_frames], last, test.mc_files,
+                                template_files, out_dir / variant.name)
+    done = run_steps(steps, progress, jobs=jobs, logs=out_dir / "logs", threads=threads)
+
+    model_dirs = {v.name: done[f"{v.name}/retrieval"][0] for v in plan.variants}
+    retrieval: list[dict[str, Any]] = [
+        {"variant": v.name, "kind": "main", "test_frames": plan.test_frames, "ensemble": "concat",
+         "metrics": done[f"{v.name}/retrieval"][1], "protocol": _protocol(out_dir / v.name / "retrieval")}
+        for v in plan.variants
+    ]
+    retrieval += [
+        {"variant": plan.grid_variant, "kind": "grid", "test_frames": frames, "ensemble": ensemble,
+         "metrics": done[f"{plan.grid_variant}/grid/{frames}f_{ensemble}"],
+         "protocol": _protocol(out_dir / plan.grid_variant / "grid" / f"{frames}f_{ensemble}")}
+        for frames, ensemble in grid
+    ]
+    mc = {v.name: {name: done[f"{v.name}/mc/{name}"]["mc/all_acc"] for name in ("all", *test.mc_files)} for v in plan.variants}
+    qa = {v.name: done[f"{v.name}/qa"][1] for v in plan.variants}
+    templates = {}
+    if template_files is not None:
+        for v in plan.variants:
+            metrics = done[f"{v.name}/templates"][1]
+            templates[v.name] = {"t2v_R1": metrics["itm/all/t2v_R1"], "v2t_R1": metrics["itm/all/v2t_R1"],
+                                 **{name: done[f"{v.name}/templates/{name}"]["mc/all_acc"] for name in ("choice_all", "choice_reversed")}}
 
     results = {
         "experiment": "singularity-shapes",
@@ -554,6 +545,7 @@ def run_experiment(
         "data": str(root),
         "plan": OmegaConf.to_container(OmegaConf.structured(plan)),
         "overrides": list(overrides),
+        "jobs": jobs,
         "test_set": {
             "videos": test.num_videos,
             "captions": test.num_captions,
