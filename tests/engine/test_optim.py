@@ -4,7 +4,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from vidlab.engine.config import OptimConfig, ScheduleConfig
-from vidlab.engine.optim import build_optimizer, lr_factor, param_groups, warmup_steps
+from vidlab.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups, warmup_steps
+from vidlab.errors import ConfigError
 
 
 class Tiny(nn.Module):
@@ -33,6 +34,31 @@ def test_adamw_skips_frozen_parameters():
     optimizer = build_optimizer(Tiny(), _cfg(OptimConfig, lr=0.1, weight_decay=0.1))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 5
+
+
+def test_lr_groups_give_matching_parameters_their_own_rate_under_the_same_schedule():
+    """`optim.lr_groups` from a command-line override: the norm layer trains at 0.5, the rest at optim.lr, both
+    warmed up alike; decay and no-decay stay apart within each rate."""
+    model = Tiny()
+    cfg = OmegaConf.merge(OmegaConf.structured(OptimConfig), {"lr": 0.1, "weight_decay": 0.1},
+                          OmegaConf.from_dotlist(["lr_groups=[{patterns: [norm, nothing_else], lr: 0.5}]"]))
+    optimizer = build_optimizer(model, cfg)
+    by_params = {frozenset(id(p) for p in g["params"]): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups}
+    assert by_params == {
+        frozenset({id(model.proj.weight)}): (0.1, 0.1),
+        frozenset({id(model.cls_token), id(model.proj.bias)}): (0.1, 0.0),
+        frozenset({id(model.norm.weight), id(model.norm.bias)}): (0.5, 0.0),
+    }
+    scheduler = build_scheduler(optimizer, _cfg(ScheduleConfig, warmup_steps=4), 10)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.025, 0.025, 0.125])
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.05, 0.05, 0.25])
+
+
+def test_an_lr_group_that_matches_no_trainable_parameter_is_refused():
+    with pytest.raises(ConfigError, match=r"no trainable parameter name matches \[\['frozen'\]\]"):
+        param_groups(Tiny(), 0.0, [], [(["frozen"], 1.0)])
 
 
 def test_warmup_as_ratio_or_steps():

@@ -46,14 +46,26 @@ class TrainerConfig:
 
 
 @dataclass
+class LrGroupConfig:
+    """Parameters trained at their own learning rate: those whose name one of `patterns` matches (`re.search`)."""
+
+    patterns: list[str] = MISSING
+    lr: float = MISSING
+
+
+@dataclass
 class OptimConfig:
-    """AdamW. Biases, norm weights (every 1-D tensor) and parameters matching `no_decay` get no weight decay."""
+    """AdamW. Biases, norm weights (every 1-D tensor) and parameters matching `no_decay` get no weight decay.
+    `lr_groups` give parameters their own learning rate (the first group that matches a name wins; the schedule
+    scales every rate alike), e.g. `[{patterns: [temporal], lr: 1e-3}]` for modules that start from scratch beside
+    pretrained ones (the official Singularity's `optimizer.different_lr`)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     no_decay: list[str] = field(default_factory=lambda: ["cls_token", "pos_embed", "temporal_embed"])
+    lr_groups: list[LrGroupConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -13,22 +13,37 @@ from torch import nn
 from vidlab.errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay: list[str]) -> list[dict]:
-    """Two AdamW groups: decayed weights, and biases / norm weights (1-D) plus names matching `no_decay`.
+def param_groups(
+    model: nn.Module, weight_decay: float, no_decay: list[str], lr_groups: Sequence[tuple[Sequence[str], float]] = ()
+) -> list[dict]:
+    """AdamW groups: decayed weights, and biases / norm weights (1-D) plus names matching `no_decay`; each split
+    again by `lr_groups`, (patterns, lr) pairs: a parameter whose name a pattern matches trains at that lr (the
+    first matching pair wins; the others keep the optimizer's lr).
 
-    Frozen parameters (requires_grad False) are left out, so they never enter the optimizer state.
+    Frozen parameters (requires_grad False) are left out, so they never enter the optimizer state. A pair that
+    matches no trainable parameter is a `ConfigError` (a misspelt module name would otherwise change nothing).
     """
     patterns = [re.compile(p) for p in no_decay]
-    decay, exempt = [], []
+    lr_patterns = [([re.compile(p) for p in names], lr) for names, lr in lr_groups]
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or any(p.search(name) for p in patterns):
-            exempt.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        lr_group = next((i for i, (names, _) in enumerate(lr_patterns) if any(p.search(name) for p in names)), -1)
+        decayed = not (param.ndim <= 1 or any(p.search(name) for p in patterns))
+        groups.setdefault((lr_group, decayed), []).append(param)
+    unmatched = [list(names) for i, (names, _) in enumerate(lr_groups) if (i, True) not in groups and (i, False) not in groups]
+    if unmatched:
+        raise ConfigError(f"optim.lr_groups: no trainable parameter name matches {unmatched}")
+    out = []
+    for lr_group in range(-1, len(lr_groups)):
+        for decayed in (True, False):
+            if (lr_group, decayed) in groups:
+                group = {"params": groups[(lr_group, decayed)], "weight_decay": weight_decay if decayed else 0.0}
+                if lr_group >= 0:
+                    group["lr"] = lr_groups[lr_group][1]
+                out.append(group)
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig, allow_fused: bool = True) -> torch.optim.AdamW:
@@ -37,7 +52,8 @@ def build_optimizer(model: nn.Module, cfg: DictConfig, allow_fused: bool = True)
     `allow_fused` False for mixed precision, whose gradient clipping needs the unfused step."""
     if len(cfg.betas) != 2:
         raise ConfigError(f"optim.betas needs two values, got {list(cfg.betas)}")
-    groups = param_groups(model, cfg.weight_decay, list(cfg.no_decay))
+    lr_groups = [(list(group.patterns), float(group.lr)) for group in cfg.lr_groups]
+    groups = param_groups(model, cfg.weight_decay, list(cfg.no_decay), lr_groups)
     if not groups:
         raise ConfigError("the model has no trainable parameter")
     params = [p for g in groups for p in g["params"]]
