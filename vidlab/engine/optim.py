@@ -32,17 +32,16 @@ def param_groups(
         lr_group = next((i for i, (names, _) in enumerate(lr_patterns) if any(p.search(name) for p in names)), -1)
         decayed = not (param.ndim <= 1 or any(p.search(name) for p in patterns))
         groups.setdefault((lr_group, decayed), []).append(param)
-    unmatched = [list(names) for i, (names, _) in enumerate(lr_groups) if (i, True) not in groups and (i, False) not in groups]
+    matched = {lr_group for lr_group, _ in groups}
+    unmatched = [list(names) for i, (names, _) in enumerate(lr_groups) if i not in matched]
     if unmatched:
         raise ConfigError(f"optim.lr_groups: no trainable parameter name matches {unmatched}")
     out = []
-    for lr_group in range(-1, len(lr_groups)):
-        for decayed in (True, False):
-            if (lr_group, decayed) in groups:
-                group = {"params": groups[(lr_group, decayed)], "weight_decay": weight_decay if decayed else 0.0}
-                if lr_group >= 0:
-                    group["lr"] = lr_groups[lr_group][1]
-                out.append(group)
+    for lr_group, decayed in sorted(groups, key=lambda key: (key[0], not key[1])):  # the optimizer's lr first, decayed first
+        group = {"params": groups[(lr_group, decayed)], "weight_decay": weight_decay if decayed else 0.0}
+        if lr_group >= 0:
+            group["lr"] = lr_groups[lr_group][1]
+        out.append(group)
     return out
 
 
