@@ -1,8 +1,11 @@
+import os
+
 import torch
 from torch.utils.data import Dataset
 
 import pytest
 
+from vidlab.data.datasets import SharedEpoch
 from vidlab.data.mixing import loader_schedule
 from vidlab.engine.data import (
     TRAIN_SET_KEY,
@@ -129,3 +132,48 @@ def test_steps_per_epoch_caps_and_says_so_when_it_cannot_lengthen(caplog):
         loader = ResumableTrainLoader(sets, steps_per_epoch=5)
     assert loader.steps == loader.uncapped_steps == 3
     assert "never lengthens" in caplog.text and "(3 steps)" in caplog.text
+
+
+class EpochNumbers(Dataset):
+    """Sample i is {'index': i, 'epoch': the epoch its process sees, 'pid': that process}."""
+
+    def __init__(self, n: int):
+        self.n, self.shared_epoch = n, SharedEpoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shared_epoch.set(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "epoch": self.shared_epoch.get(), "pid": os.getpid()}
+
+
+def epoch_collate(samples: list[dict]) -> dict:
+    return {key: torch.tensor([s[key] for s in samples]) for key in ("index", "epoch", "pid")} | {"bad_samples": []}
+
+
+def test_workers_live_through_the_epochs_and_give_the_in_process_batches():
+    def epochs(num_workers: int) -> tuple[list[list[tuple[list[int], set[int]]]], set[int]]:
+        loader = ResumableTrainLoader(
+            [TrainSet("v", EpochNumbers(24), 4, epoch_collate)], seed=5, num_workers=num_workers, steps_per_epoch=4
+        )
+        passes, pids = [], set()
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            batches = list(loader)  # 4 of the 6 batches: each epoch leaves the workers' iterator unfinished
+            passes.append([(b["index"].tolist(), set(b["epoch"].tolist())) for b in batches])
+            pids |= {pid for b in batches for pid in b["pid"].tolist()}
+        loader.close()
+        return passes, pids
+
+    in_process, main_pid = epochs(0)
+    with_workers, worker_pids = epochs(2)
+    assert main_pid == {os.getpid()}
+    assert with_workers == in_process
+    assert [{e for _, seen in epoch for e in seen} for epoch in with_workers] == [{0}, {1}, {2}]
+    assert len(worker_pids) == 2 and os.getpid() not in worker_pids  # the same two workers for all three epochs
+    for pid in worker_pids:  # stopped by close()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -265,3 +265,33 @@ def test_optional_backends_read_images_and_gifs(media, backend):
     gif = media.gif("anim.gif", num_frames=10, fps=10)
     assert_same_frames(read_frames(image, [0], backend=backend), cli_read_frames(image))
     assert_same_frames(read_frames(gif, [8, 1], backend=backend), cli_read_frames(gif)[[8, 1]])
+
+
+class _ThreadsSeen(torch.utils.data.Dataset):
+    """Reports the decoder threads a backend built in the parent would use in the process reading."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> int:
+        return self.backend.decoder_threads()
+
+
+def _threads_in_worker(backend) -> int:
+    loader = torch.utils.data.DataLoader(
+        _ThreadsSeen(backend), batch_size=None, num_workers=1, multiprocessing_context="fork"
+    )
+    return int(next(iter(loader)))
+
+
+def test_decoder_threads_one_per_dataloader_worker_unless_set(monkeypatch):
+    monkeypatch.delenv("VIDLAB_DECODE_THREADS", raising=False)
+    backend = pyav_backend.PyAVBackend()  # built in the parent, as `get_backend` builds it once
+    assert backend.decoder_threads() == 0  # one process decoding: FFmpeg's thread per core
+    assert _threads_in_worker(backend) == 1  # the workers are the parallelism
+    assert _threads_in_worker(pyav_backend.PyAVBackend(num_threads=3)) == 3
+    monkeypatch.setenv("VIDLAB_DECODE_THREADS", "2")
+    assert _threads_in_worker(backend) == 2

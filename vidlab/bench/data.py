@@ -348,7 +348,7 @@ class ReferenceClips(Dataset):
         video = self.decode_frames(clip).permute(0, 3, 1, 2)
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(clip.torch_seed)
+                torch.default_generator.manual_seed(clip.torch_seed)
                 video = self.transform(video)
         sample = {"video": video}
         if self.audio_seconds:

@@ -116,6 +116,7 @@ class ResumableTrainLoader:
         self.progress = progress
         self.epoch = 0
         self._resume_at = 0
+        self._loaders: dict[str, DataLoader] = {}
         if rank == 0 and steps_per_epoch is not None and steps_per_epoch > self.uncapped_steps:
             log.warning(
                 "data.steps_per_epoch=%d is more than an epoch holds (%d steps): it caps an epoch, never lengthens "
@@ -151,18 +152,32 @@ class ResumableTrainLoader:
             self.epoch, self._resume_at = self.epoch + 1, 0
 
     def _loader(self, train_set: TrainSet, sampler: GlobalBatchSampler) -> Any:
+        """The set's DataLoader, made once: its workers live through the epochs (they read the epoch from
+        the dataset's shared `set_epoch` and their batches from the sampler in this process), so they keep
+        their caches of video headers and frame indexes and are not started again at every epoch."""
         set_epoch(train_set.dataset, self.epoch)
         sampler.set_epoch(self.epoch)
-        loader = DataLoader(
-            train_set.dataset,
-            batch_sampler=sampler,
-            collate_fn=train_set.collate,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            # its own generator: creating worker seeds must not consume the global RNG the model uses
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        loader = self._loaders.get(train_set.name)
+        if loader is None:
+            loader = self._loaders[train_set.name] = DataLoader(
+                train_set.dataset,
+                batch_sampler=sampler,
+                collate_fn=train_set.collate,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+                # its own generator: creating worker seeds must not consume the global RNG the model uses
+                generator=torch.Generator().manual_seed(self.seed),
+            )
         return self.tracker.wrap(loader) if self.tracker is not None else loader
+
+    def close(self) -> None:
+        """Stop the loading workers (they would otherwise live as long as this object)."""
+        for loader in self._loaders.values():
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+        self._loaders.clear()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         start, self._resume_at = self._resume_at, 0

@@ -373,7 +373,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             progress=lambda progress=progress: progress.processed,
             mixing=scfg.data.mixing,
         )
-        _fit(trainer, module, ckpt if stage.index == first_stage else None)
+        try:
+            _fit(trainer, module, ckpt if stage.index == first_stage else None)
+        finally:
+            module.train_loader.close()
         trainer.save_checkpoint(stage_dir / CHECKPOINT_DIR / "last.ckpt", weights_only=False)
         _save_final(trainer, module, model_cfg, stage_dir / MODEL_DIR, recipe)
         init_from = stage_dir / MODEL_DIR

@@ -13,17 +13,25 @@ T = TypeVar("T")
 
 
 def cached_per_file(
-    maxsize: int,
+    budget: int, cost: Callable[[T], int] | None = None
 ) -> Callable[[Callable[[str | os.PathLike[str]], T]], Callable[[str | os.PathLike[str]], T]]:
-    """Cache `fn(path)` by (path, size, mtime): datasets read several clips of one video, so its
-    headers and frame index are worth keeping; a rewritten file gets a new key. Failures are not cached."""
+    """Cache `fn(path)` by (path, size, mtime): a rewritten file gets a new key; failures are not cached.
+
+    The least recently used results are dropped while their total `cost` (1 each by default) exceeds
+    `budget`; the newest is always kept, so a long video read clip by clip is not re-scanned each time. The budget should hold a whole small dataset: a training epoch visits every video once,
+    in random order, so a cache smaller than the dataset misses on almost every clip and each miss
+    reopens the file (about 1 ms) before the decoder opens it again.
+    """
+    measure = cost or (lambda _value: 1)
 
     def decorate(fn: Callable[[str | os.PathLike[str]], T]) -> Callable[[str | os.PathLike[str]], T]:
-        cache: OrderedDict[tuple[str, int, int], T] = OrderedDict()
+        cache: OrderedDict[tuple[str, int, int], tuple[T, int]] = OrderedDict()
+        total = 0
         lock = threading.Lock()
 
         @functools.wraps(fn)
         def wrapper(path: str | os.PathLike[str]) -> T:
+            nonlocal total
             try:
                 stat = os.stat(path)
             except OSError:
@@ -32,12 +40,16 @@ def cached_per_file(
             with lock:
                 if key in cache:
                     cache.move_to_end(key)
-                    return cache[key]
+                    return cache[key][0]
             value = fn(path)
+            weight = measure(value)
             with lock:
-                cache[key] = value
-                while len(cache) > maxsize:
-                    cache.popitem(last=False)
+                if key not in cache:
+                    cache[key] = (value, weight)
+                    total += weight
+                while total > budget and len(cache) > 1:
+                    _, (_, dropped) = cache.popitem(last=False)
+                    total -= dropped
             return value
 
         return wrapper

@@ -92,7 +92,9 @@ class FrameIndex:
         return int(earlier[-1]) if earlier.size else 0
 
 
-@cached_per_file(maxsize=64)
+# About 100 bytes a frame once the decoder has used an index: 2**18 frames (two hours of 30-fps
+# video, or 7000 ShapesBench clips) is some 30 MB per process at most.
+@cached_per_file(budget=2**18, cost=lambda index: index.num_frames)
 def frame_index(path: str | os.PathLike[str]) -> FrameIndex:
     """The `FrameIndex` of the first video stream of `path` (cached per file version)."""
     return _scan(path)

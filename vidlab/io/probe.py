@@ -44,7 +44,7 @@ class VideoInfo:
         return self.container == "image2" or self.container.endswith("_pipe")
 
 
-@cached_per_file(maxsize=256)
+@cached_per_file(budget=16384)  # a VideoInfo is a few hundred bytes
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """Read `VideoInfo` from container and stream headers.
 

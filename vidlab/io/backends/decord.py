@@ -8,7 +8,7 @@ import decord
 import numpy as np
 import torch
 
-from vidlab.io.backends.base import BackendCannotDecode, VideoBackend, default_threads
+from vidlab.io.backends.base import BackendCannotDecode, VideoBackend
 from vidlab.io.probe import VideoInfo
 
 
@@ -22,15 +22,12 @@ class DecordBackend(VideoBackend):
 
     name: ClassVar[str] = "decord"
 
-    def __init__(self, num_threads: int | None = None):
-        self.num_threads = default_threads() if num_threads is None else num_threads
-
     def handles(self, info: VideoInfo) -> bool:
         return info.rotation == 0 and not info.is_still_image and info.container != "avi"
 
     def decode(self, path: str, info: VideoInfo, ranks: np.ndarray) -> torch.Tensor:
         try:
-            reader = decord.VideoReader(path, num_threads=self.num_threads)
+            reader = decord.VideoReader(path, num_threads=self.decoder_threads())
             if ranks[-1] >= len(reader):
                 raise BackendCannotDecode(f"decord sees {len(reader)} frames")
             return torch.from_numpy(reader.get_batch(ranks.tolist()).asnumpy())

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import torch
 
-from vidlab.io.backends.base import VideoBackend, default_threads
+from vidlab.io.backends.base import VideoBackend
 from vidlab.io.container import decode_errors, first_video_stream, open_container
 from vidlab.io.errors import Reason, VideoReadError
 from vidlab.io.index import FrameIndex, frame_index
@@ -142,7 +142,7 @@ class PyAVBackend(VideoBackend):
     name: ClassVar[str] = "pyav"
 
     def __init__(self, num_threads: int | None = None, min_skip: int = MIN_SKIPPED_PACKETS):
-        self.num_threads = default_threads() if num_threads is None else num_threads
+        super().__init__(num_threads)
         self.min_skip = min_skip
 
     def decode(self, path: str, info: VideoInfo, ranks: np.ndarray) -> torch.Tensor:
@@ -164,7 +164,7 @@ class PyAVBackend(VideoBackend):
             stream = first_video_stream(container, path)
             codec = stream.codec_context
             codec.thread_type = "AUTO"
-            codec.thread_count = self.num_threads
+            codec.thread_count = self.decoder_threads()
             converter = RGBConverter(stream.time_base)
 
             def take(decoded: list[av.VideoFrame]) -> None:

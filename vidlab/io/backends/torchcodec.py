@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchcodec.decoders import VideoDecoder
 
-from vidlab.io.backends.base import BackendCannotDecode, VideoBackend, default_threads
+from vidlab.io.backends.base import BackendCannotDecode, VideoBackend
 from vidlab.io.probe import VideoInfo
 
 
@@ -23,15 +23,12 @@ class TorchCodecBackend(VideoBackend):
     name: ClassVar[str] = "torchcodec"
     applies_rotation: ClassVar[bool] = True
 
-    def __init__(self, num_threads: int | None = None):
-        self.num_threads = default_threads() if num_threads is None else num_threads
-
     def handles(self, info: VideoInfo) -> bool:
         return info.container != "avi"
 
     def decode(self, path: str, info: VideoInfo, ranks: np.ndarray) -> torch.Tensor:
         try:
-            decoder = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=self.num_threads, seek_mode="exact")
+            decoder = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=self.decoder_threads(), seek_mode="exact")
             if ranks[-1] >= len(decoder):
                 raise BackendCannotDecode(f"torchcodec sees {len(decoder)} frames")
             return decoder.get_frames_at(torch.from_numpy(ranks)).data
