@@ -317,3 +317,39 @@ def test_steps_run_at_once_give_the_same_numbers(singularity_quick_run, singular
     assert run.init_from == str(tmp_path / "out" / "1frame" / "retrieval" / "0-train" / "model")
     log = (tmp_path / "out" / "logs" / "temporal.qa.log").read_text()
     assert "qa/temporal_acc" in log and "(log: " in printed.getvalue()
+
+
+def test_spread_over_runs_gives_mean_lowest_and_highest(singularity_quick_run, tmp_path, capsys):
+    """`singularity-shapes-spread`: each cell of the comparison table over runs, from their results.json."""
+    out, _ = singularity_quick_run
+    results = json.loads((out / "results.json").read_text())
+    other = json.loads(json.dumps(results))
+    other["overrides"] = ["seed=1"]
+    first_variant = results["variants"][0]
+    mc = other["mc"][first_variant["name"]]
+    mc["motion"] = results["mc"][first_variant["name"]]["motion"] + 10.0
+    runs = [tmp_path / "seed0", tmp_path / "seed1"]
+    for folder, content in zip(runs, (results, other)):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(content))
+
+    assert main(["experiment", "singularity-shapes-spread", *map(str, runs)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed=1" in printed
+    table = [line for line in printed.splitlines() if line.startswith(f"| {first_variant['label']} ")]
+    assert len(table) == 1
+    headers = [h.strip() for h in printed.splitlines()[printed.splitlines().index(table[0]) - 2].strip("|").split("|")]
+    cells = [c.strip() for c in table[0].strip("|").split("|")]
+    motion = results["mc"][first_variant["name"]]["motion"]
+    assert cells[headers.index("MC vs motion distr")] == f"{motion + 5:.1f} ({motion:.1f}-{motion + 10:.1f})"
+    appearance = results["mc"][first_variant["name"]]["appearance"]
+    assert cells[headers.index("MC vs app distr")] == f"{appearance:.1f}"  # the same in both runs: no brackets
+
+    other["variants"] = other["variants"][1:]
+    (runs[1] / "results.json").write_text(json.dumps(other))
+    assert main(["experiment", "singularity-shapes-spread", *map(str, runs)]) == 2
+    assert "runs of one plan only" in capsys.readouterr().err
+    assert main(["experiment", "singularity-shapes-spread", str(runs[0]), str(tmp_path / "nowhere")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    assert main(["experiment", "singularity-shapes-spread", str(runs[0])]) == 2
+    assert "2 or more runs" in capsys.readouterr().err

@@ -48,6 +48,16 @@ def register(subparsers) -> None:
     add_overrides(parser)
     parser.set_defaults(func=run)
 
+    spread = subparsers.add_parser(
+        "singularity-shapes-spread",
+        help="the singularity-shapes comparison table over several runs (e.g. training seeds): mean, lowest, highest",
+        description="Reads OUT/results.json of each run of `vidlab experiment singularity-shapes` (one plan, e.g. run "
+        "with seed=0, seed=1, ... into one --out each) and prints the comparison table with each cell's mean over the "
+        "runs and, in brackets, the lowest and highest run.",
+    )
+    spread.add_argument("runs", type=Path, nargs="+", metavar="OUT", help="experiment folders holding results.json")
+    spread.set_defaults(func=run_spread)
+
 
 def run(args: argparse.Namespace) -> int:
     from vidlab.experiments.singularity_shapes import format_tables, run_experiment
@@ -65,4 +75,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{format_tables(result.results)}\n")
     print(f"report: {result.report}; results: {result.out_dir / 'results.json'}; plot: {result.plot}")
     print(f"experiment finished in {result.wall_time_s:.0f} s")
+    return 0
+
+
+def run_spread(args: argparse.Namespace) -> int:
+    import json
+
+    from vidlab.bench.common import markdown_table
+    from vidlab.experiments.singularity_shapes import RESULTS_FILE, spread_rows
+
+    runs = []
+    for folder in args.runs:
+        path = folder / RESULTS_FILE
+        if not path.is_file():
+            raise ConfigError(f"{folder}: no {RESULTS_FILE} (run `vidlab experiment singularity-shapes --out {folder}` first)")
+        try:
+            runs.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid json ({exc})") from None
+    headers, rows = spread_rows(runs)
+    print(f"{len(runs)} runs:")
+    for folder, results in zip(args.runs, runs):
+        print(f"  {folder}: overrides {' '.join(results.get('overrides') or []) or '(none)'}")
+    frames = runs[0]["plan"]["test_frames"]
+    print(f"\nTest split, {frames} test frames as one memory, % (mean over the runs, lowest-highest in brackets):\n")
+    print(markdown_table(headers, rows, right_align_from=1))
     return 0

@@ -589,8 +589,8 @@ def _main_row(results: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[st
     return next(r for r in results["retrieval"] if r["variant"] == variant["name"] and r["kind"] == "main")
 
 
-def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and one row per variant (and a chance row) of the comparison table (values in %)."""
+def summary_values(results: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, str, list[float]]]]:
+    """Headers and, per variant and for chance, (label, training frames, the values in %) of the comparison table."""
     headers = ["variant", "train frames", "ITM t2v R@1 app", "ITM t2v R@1 temp", "ITC t2v R@1 app", "ITC t2v R@1 temp",
                "MC 5-way", "MC vs app distr", "MC vs motion distr", "QA app", "QA temp"]
     task = results.get("template_task")
@@ -604,12 +604,46 @@ def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
                   mc["all"], mc["appearance"], mc["motion"], qa["qa/appearance_acc"], qa["qa/temporal_acc"]]
         if task:
             values += [results["templates"][variant["name"]]["choice_all"], results["templates"][variant["name"]]["choice_reversed"]]
-        rows.append([variant["label"], str(variant["num_frames"]), *(f"{v:.1f}" for v in values)])
+        rows.append((variant["label"], str(variant["num_frames"]), values))
     chance = results["chance"]
     chance_values = [chance["retrieval_R1"]] * 4 + [chance["mc"], chance["mc_3way"], chance["mc_3way"], chance["qa"]["appearance"], chance["qa"]["temporal"]]
     if task:
         chance_values += [task["chance_all"], task["chance_reversed"]]
-    rows.append(["chance", "", *(f"{v:.1f}" for v in chance_values)])
+    rows.append(("chance", "", chance_values))
+    return headers, rows
+
+
+def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and one row per variant (and a chance row) of the comparison table (values in %)."""
+    headers, rows = summary_values(results)
+    return headers, [[label, frames, *(f"{v:.1f}" for v in values)] for label, frames, values in rows]
+
+
+def spread_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The comparison table over several runs of one plan (e.g. training seeds): each cell the mean and, after
+    it, the lowest and highest run. The runs must hold the same variants and columns."""
+    if len(runs) < 2:
+        raise ConfigError(f"a spread needs 2 or more runs, got {len(runs)}")
+    tables = [summary_values(results) for results in runs]
+    headers, first = tables[0]
+    for index, (other_headers, other) in enumerate(tables[1:], start=1):
+        if other_headers != headers:
+            raise ConfigError(
+                f"run {index + 1} has the columns {other_headers[2:]}, run 1 {headers[2:]}: runs of one plan only"
+            )
+        if [row[:2] for row in other] != [row[:2] for row in first]:
+            raise ConfigError(
+                f"run {index + 1} has the variants {[row[0] for row in other[:-1]]}, run 1 "
+                f"{[row[0] for row in first[:-1]]}: runs of one plan only"
+            )
+    rows = []
+    for position, (label, frames, _) in enumerate(first):
+        columns = zip(*(table[position][2] for _, table in tables))
+        cells = []
+        for values in columns:
+            mean = sum(values) / len(values)
+            cells.append(f"{mean:.1f}" if max(values) == min(values) else f"{mean:.1f} ({min(values):.1f}-{max(values):.1f})")
+        rows.append([label, frames, *cells])
     return headers, rows
 
 
