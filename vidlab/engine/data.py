@@ -172,7 +172,8 @@ class ResumableTrainLoader:
         return self.tracker.wrap(loader) if self.tracker is not None else loader
 
     def close(self) -> None:
-        """Stop the loading workers (they would otherwise live as long as this object)."""
+        """Stop the loading workers now. Persistent workers stop when their DataLoader's iterator is collected,
+        and Lightning's fetchers may keep a reference to it past `fit`: hence PyTorch's own shutdown, here."""
         for loader in self._loaders.values():
             iterator = getattr(loader, "_iterator", None)
             if iterator is not None and hasattr(iterator, "_shutdown_workers"):

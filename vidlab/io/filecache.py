@@ -18,9 +18,10 @@ def cached_per_file(
     """Cache `fn(path)` by (path, size, mtime): a rewritten file gets a new key; failures are not cached.
 
     The least recently used results are dropped while their total `cost` (1 each by default) exceeds
-    `budget`; the newest is always kept, so a long video read clip by clip is not re-scanned each time. The budget should hold a whole small dataset: a training epoch visits every video once,
-    in random order, so a cache smaller than the dataset misses on almost every clip and each miss
-    reopens the file (about 1 ms) before the decoder opens it again.
+    `budget`; the newest is always kept, so a long video read clip by clip is not re-scanned each time.
+    The budget should hold a whole small dataset: a training epoch visits every video in random order,
+    so a cache smaller than the dataset misses on almost every clip, and each miss reopens the file
+    (about 1 ms) before the decoder opens it again.
     """
     measure = cost or (lambda _value: 1)
 
