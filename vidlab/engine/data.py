@@ -175,9 +175,8 @@ class ResumableTrainLoader:
         """Stop the loading workers now. Persistent workers stop when their DataLoader's iterator is collected,
         and Lightning's fetchers may keep a reference to it past `fit`: hence PyTorch's own shutdown, here."""
         for loader in self._loaders.values():
-            iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
+            if loader._iterator is not None:  # kept by the DataLoader only with persistent workers
+                loader._iterator._shutdown_workers()
         self._loaders.clear()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
