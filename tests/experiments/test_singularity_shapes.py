@@ -353,3 +353,25 @@ def test_spread_over_runs_gives_mean_lowest_and_highest(singularity_quick_run, t
     assert "no results.json" in capsys.readouterr().err
     assert main(["experiment", "singularity-shapes-spread", str(runs[0])]) == 2
     assert "2 or more runs" in capsys.readouterr().err
+
+
+def test_direction_probe_trains_every_readout_on_the_frozen_tower(singularity_quick_run, tmp_path, capsys):
+    out, _ = singularity_quick_run
+    results = json.loads((out / "results.json").read_text())
+    model = next(Path(v["retrieval_model"]) for v in results["variants"] if v["name"] == "1frame")
+    data = out.parent / "data"
+    target = tmp_path / "direction.json"
+    code = main(["experiment", "singularity-direction", str(model), "--data", str(data), "--steps", "3", "--eval-at", "2",
+                 "--out", str(target)])
+    assert code == 0
+    probe = json.loads(target.read_text())
+    lines = {split: sum(1 for line in (data / "annotations" / f"motion_{split}.txt").read_text().splitlines() if line.strip())
+             for split in ("train", "test")}
+    assert (probe["train_clips"], probe["test_clips"]) == (lines["train"], lines["test"])
+    assert list(probe["readouts"]) == ["order", "set", "temporal_embed", "temporal"]
+    for kind, rows in probe["readouts"].items():
+        assert [row["step"] for row in rows] == [2, 3]
+        assert all(0 <= row["of_all"] <= 100 and 0 <= row["vs_reversed"] <= 100 for row in rows)
+        assert (rows[-1]["temporal_norm"] is None) is (kind in ("order", "set"))
+    assert probe["readouts"]["temporal"][-1]["temporal_norm"] > 0  # zero-initialised, then trained
+    assert "| temporal_embed |" in capsys.readouterr().out

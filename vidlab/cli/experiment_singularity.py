@@ -8,7 +8,8 @@ temporal. Writes OUT/report.html (tables, plot), OUT/results.json and OUT/result
 On `small` the default plan takes over an hour on a 2-core CPU (`--threads 1`); `--plan
 configs/experiments/singularity_shapes/long.yaml` (more training) is for a GPU, with `--jobs` (about 15 minutes on
 one H100 with 16 cores at `--jobs 6`); `--quick` (ShapesBench tiny, a few steps per run) checks
-the pipeline, not the claim.
+the pipeline, not the claim. `vidlab experiment singularity-direction MODEL` trains motion readouts on a model's
+frozen tokens: whether its temporal memory can carry the direction.
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def register(subparsers) -> None:
     spread.add_argument("runs", type=Path, nargs="+", metavar="OUT", help="experiment folders holding results.json")
     spread.set_defaults(func=run_spread)
 
+    direction = subparsers.add_parser(
+        "singularity-direction",
+        help="train motion readouts on a Singularity model's frozen tokens: does its temporal memory learn the direction?",
+        description="Freezes the model's vision tower, caches its tokens for every directional ShapesBench clip and trains "
+        "motion classifiers on them: 'order' (per-frame mean tokens in frame order, an MLP), 'set' (one cross-attention "
+        "layer from a learned query, order-free), 'temporal_embed' (the same after temporal embeddings) and 'temporal' "
+        "(after temporal embeddings and the temporal encoder: Singularity-temporal's memory). Prints, per readout and "
+        "step, the test clips right among all 8 motions and against their reversed motion, and the temporal "
+        "embeddings' norm (vidlab/experiments/singularity_direction.py).",
+    )
+    direction.add_argument("model", type=Path, help="a Singularity model folder (a run's .../model) or checkpoint")
+    direction.add_argument("--data", type=Path, default=Path("data/shapes_small"), help="ShapesBench folder (default: data/shapes_small)")
+    direction.add_argument("--readouts", default="order,set,temporal_embed,temporal", help="comma-separated (default: all four)")
+    direction.add_argument("--steps", type=int, default=3000, help="training steps of 32 clips per readout (default: 3000)")
+    direction.add_argument("--eval-at", default="250,500,1000,2000", help="steps to score at besides the last (default: 250,500,1000,2000)")
+    direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
+    direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    direction.set_defaults(func=run_direction)
+
 
 def run(args: argparse.Namespace) -> int:
     from vidlab.experiments.singularity_shapes import format_tables, run_experiment
@@ -100,4 +120,35 @@ def run_spread(args: argparse.Namespace) -> int:
     frames = runs[0]["plan"]["test_frames"]
     print(f"\nTest split, {frames} test frames as one memory, % (mean over the runs, lowest-highest in brackets):\n")
     print(markdown_table(headers, rows, right_align_from=1))
+    return 0
+
+
+def run_direction(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from vidlab.bench.common import markdown_table
+    from vidlab.experiments.singularity_direction import HEADERS, format_row, run_direction_probe
+
+    try:
+        eval_at = [int(step) for step in args.eval_at.split(",") if step.strip()]
+    except ValueError:
+        raise ConfigError(f"--eval-at takes comma-separated step numbers, got {args.eval_at!r}") from None
+    readouts = [name.strip() for name in args.readouts.split(",") if name.strip()]
+    if args.out is not None:  # before the training, not after it
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.out.parent, os.W_OK):
+            raise ConfigError(f"--out {args.out}: its folder is not writable")
+
+    def progress(row: dict) -> None:
+        print("  ".join(f"{name}: {cell}" for name, cell in zip(HEADERS, format_row(row))), flush=True)
+
+    results = run_direction_probe(args.model, args.data, readouts, steps=args.steps, eval_at=eval_at, seed=args.seed,
+                                  on_row=progress)
+    print(f"\n{results['train_clips']} training / {results['test_clips']} test clips; token norm {results['token_norm']:.1f}\n")
+    rows = [format_row(row) for evaluated in results["readouts"].values() for row in evaluated]
+    print(markdown_table(HEADERS, rows, right_align_from=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"results: {args.out}")
     return 0

@@ -1,0 +1,223 @@
+"""`vidlab experiment singularity-direction`: can Singularity's temporal memory carry the motion direction?
+
+In the ShapesBench experiment no Singularity variant tells a clip from its time reversal. This probe asks whether
+the temporal parts can learn it when given the steps: a trained model's vision tower is frozen and its tokens
+(after `vision_layernorm`, as the fusion reads them) cached for 8 frames of every directional ShapesBench clip;
+readouts are then trained on the 8 motion classes (4 frames per clip: one of each pair of cached frames at
+random in training, frames 1/3/5/7 at test), each scored on the test clips among all 8 classes and against the
+clip's reversed motion:
+
+- `order`: each frame's mean token, concatenated in frame order, an MLP (sees the order by construction);
+- `set`: one cross-attention layer from a learned query over the 4 frames' tokens, an MLP (order-free: the
+  control);
+- `temporal_embed`: the same after adding temporal embeddings (zero-initialised, as official);
+- `temporal`: the same after temporal embeddings and the model's temporal encoder (randomly initialised, as
+  the official temporal stage starts), Singularity-temporal's memory.
+
+The temporal embeddings' mean norm per frame is reported beside each score, against the tokens' own norm.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidlab.errors import ConfigError
+
+READOUTS = ("order", "set", "temporal_embed", "temporal")
+CACHED_FRAMES = 8
+TEST_FRAMES = (1, 3, 5, 7)
+BATCH_SIZE = 32
+
+
+@dataclass
+class MotionClips:
+    """A split's cached tower tokens (N, 8, L, D) and motion labels (N,)."""
+
+    tokens: Tensor
+    labels: Tensor
+
+
+def _motion_items(root: Path, split: str) -> list[tuple[Path, int]]:
+    path = root / "annotations" / f"motion_{split}.txt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (is {root} a ShapesBench folder?)")
+    return [(root / video, int(label)) for video, label in (line.split() for line in path.read_text().splitlines() if line.strip())]
+
+
+@torch.no_grad()
+def cache_tokens(model: nn.Module, root: Path, split: str, transform: Any) -> MotionClips:
+    """Every directional clip of `split` through the frozen tower at the middles of 8 equal segments."""
+    from vidlab.io.probe import probe
+    from vidlab.io.video import read_frames
+
+    tokens, labels = [], []
+    for path, label in _motion_items(root, split):
+        bounds = np.linspace(0, probe(path).num_frames, CACHED_FRAMES + 1)
+        frames = read_frames(path, ((bounds[:-1] + bounds[1:]) / 2).astype(int)).permute(0, 3, 1, 2)
+        tokens.append(model.encode_frames(transform(frames)[None]).tokens[0])
+        labels.append(label)
+    return MotionClips(torch.stack(tokens), torch.tensor(labels))
+
+
+def pick_frames(tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """(N, 8, L, D) -> (N, 4, L, D): one frame of each consecutive pair at random, or frames 1/3/5/7 without a
+    generator (the test view)."""
+    if generator is None:
+        return tokens[:, list(TEST_FRAMES)]
+    offsets = torch.randint(0, 2, (len(tokens), len(TEST_FRAMES)), generator=generator)
+    return tokens[torch.arange(len(tokens))[:, None], torch.arange(len(TEST_FRAMES)) * 2 + offsets]
+
+
+class DirectionReadout(nn.Module):
+    """A motion classifier over 4 frames' tokens (see the module docstring for the kinds)."""
+
+    def __init__(self, kind: str, width: int, num_heads: int, num_classes: int, temporal_encoder: nn.Module | None = None):
+        super().__init__()
+        if kind not in READOUTS:
+            raise ConfigError(f"readout must be one of {READOUTS}, got {kind!r}")
+        self.kind = kind
+        frames = len(TEST_FRAMES)
+        hidden = 512
+        if kind == "order":
+            self.mlp = nn.Sequential(nn.Linear(frames * width, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+            return
+        with_time = kind in ("temporal_embed", "temporal")
+        self.temporal_embeddings = nn.Parameter(torch.zeros(1, frames, 1, width)) if with_time else None
+        self.temporal_encoder = temporal_encoder if kind == "temporal" else None
+        self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.attention = nn.MultiheadAttention(width, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, 4, L, D) -> (B, classes) logits."""
+        if self.kind == "order":
+            return self.mlp(tokens.mean(2).flatten(1))
+        if self.temporal_embeddings is not None:
+            tokens = tokens + self.temporal_embeddings
+        if self.temporal_encoder is not None:
+            batch, frames, length, width = tokens.shape
+            across_time = self.temporal_encoder(tokens.transpose(1, 2).reshape(batch * length, frames, width))
+            tokens = across_time.view(batch, length, frames, width).transpose(1, 2)
+        memory = tokens.flatten(1, 2)
+        read, _ = self.attention(self.query.expand(len(memory), -1, -1), memory, memory)
+        return self.mlp(self.norm(read[:, 0]))
+
+    def temporal_norm(self) -> float | None:
+        """Mean norm per frame of the temporal embeddings."""
+        table = getattr(self, "temporal_embeddings", None)
+        return None if table is None else float(table.detach().norm(dim=-1).mean())
+
+
+def choice_scores(logits: Tensor, labels: Tensor, opposite: Tensor) -> tuple[float, float]:
+    """% right among all classes, % whose true class outscores its reversed motion."""
+    right = logits.argmax(1) == labels
+    true = logits.gather(1, labels[:, None])[:, 0]
+    reversed_ = logits.gather(1, opposite[labels][:, None])[:, 0]
+    return 100.0 * right.float().mean().item(), 100.0 * (true > reversed_).float().mean().item()
+
+
+@torch.no_grad()
+def _scores(readout: DirectionReadout, clips: MotionClips, opposite: Tensor) -> tuple[float, float]:
+    readout.eval()
+    logits = torch.cat([readout(pick_frames(clips.tokens[i : i + 80].float())) for i in range(0, len(clips.labels), 80)])
+    return choice_scores(logits, clips.labels, opposite)
+
+
+def train_readout(
+    readout: DirectionReadout, train: MotionClips, test: MotionClips, opposite: Tensor, steps: int, eval_at: Sequence[int],
+    lr: float = 5e-4, seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """AdamW (100 warm-up steps, cosine to a tenth), batches of 32 clips; one row per `eval_at` step (and the
+    last), each also passed to `on_row` as it comes."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(readout.parameters(), lr=lr, weight_decay=0.02)
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    rows, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        readout.train()
+        batch = torch.randint(0, len(train.labels), (BATCH_SIZE,), generator=generator)
+        loss = F.cross_entropy(readout(pick_frames(train.tokens[batch].float(), generator)), train.labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(readout.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step in eval_at or step == steps:
+            of_all, vs_reversed = _scores(readout, test, opposite)
+            rows.append({"readout": readout.kind, "step": step, "loss": loss.item(), "of_all": of_all, "vs_reversed": vs_reversed,
+                         "temporal_norm": readout.temporal_norm(), "seconds": time.perf_counter() - start})
+            if on_row is not None:
+                on_row(rows[-1])
+    return rows
+
+
+def run_direction_probe(
+    checkpoint: Path, data: Path, readouts: Sequence[str] = READOUTS, steps: int = 3000, eval_at: Sequence[int] = (),
+    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results."""
+    import json
+
+    from vidlab.data.shapesbench import OPPOSITE
+    from vidlab.data.transforms import build_transform
+    from vidlab.models.factory import create_model_with_report
+    from vidlab.models.singularity import init_bert_weights
+
+    unknown = sorted(set(readouts) - set(READOUTS))
+    if unknown:
+        raise ConfigError(f"unknown readouts {unknown}; choose from {list(READOUTS)}")
+    if steps < 1:
+        raise ConfigError(f"steps must be 1 or more, got {steps}")
+    classes_file = data / "annotations" / "motion_classes.json"
+    if not classes_file.is_file():
+        raise ConfigError(f"{classes_file}: not found (is {data} a ShapesBench folder?)")
+    classes = json.loads(classes_file.read_text())
+    opposite = torch.tensor([classes.index(OPPOSITE[name]) for name in classes])
+    temporal = {"num_frames": len(TEST_FRAMES), "add_temporal_embed": True, "temporal_vision_encoder.enable": True}
+    created = create_model_with_report(checkpoint=checkpoint, **temporal)
+    if created.config.family != "singularity":
+        raise ConfigError(f"{checkpoint}: a {created.config.family} model, not a singularity one")
+    model = created.model.eval()
+    transform = build_transform({"preset": "singularity", "size": created.config.vision.image_size, "hflip": 0.0}, train=False)
+    train, test = (cache_tokens(model, data, split, transform) for split in ("train", "test"))
+    width, heads = model.vision_width, created.config.vision.num_attention_heads
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed,
+        "train_clips": len(train.labels), "test_clips": len(test.labels),
+        "token_norm": float(train.tokens.norm(dim=-1).mean()), "readouts": {},
+    }
+    for kind in readouts:
+        torch.manual_seed(seed)
+        encoder = None
+        if kind == "temporal":
+            encoder = copy.deepcopy(model.temporal_vision_encoder)
+            init_bert_weights(encoder, created.config.text.initializer_range)
+        readout = DirectionReadout(kind, width, heads, len(classes), encoder)
+        results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row)
+    return results
+
+
+HEADERS = ["readout", "step", "loss", "of all %", "vs reversed %", "temporal emb. norm", "s"]
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    """One evaluated step as cells under `HEADERS`."""
+    norm = "-" if row["temporal_norm"] is None else f"{row['temporal_norm']:.3f}"
+    return [row["readout"], str(row["step"]), f"{row['loss']:.3f}", f"{row['of_all']:.1f}", f"{row['vs_reversed']:.1f}", norm,
+            f"{row['seconds']:.0f}"]
