@@ -277,8 +277,11 @@ def test_bad_plans_are_one_line_errors(tmp_path, capsys):
 def test_shipped_plans_load_and_name_each_temporal_part():
     """Every plan in the package loads; a variant's temporal embeddings and encoder are switched separately."""
     plans = sorted(QUICK_CONFIG.parent.glob("*.yaml"))
-    loaded = {path.stem: load_plan(path)[0] for path in plans if path.stem in ("experiment", "long", "quick")}
-    assert set(loaded) == {"experiment", "long", "quick"}
+    names = {"experiment", "long", "long_direction", "quick"}
+    loaded = {path.stem: load_plan(path)[0] for path in plans if path.stem in names}
+    assert set(loaded) == names
+    assert loaded["long_direction"].template_overrides == ["trainer.max_epochs=80", "data.train.0.batch_size=32"]
+    assert loaded["long_direction"].variants == loaded["long"].variants
     for plan in loaded.values():
         by_name = {v.name: variant_overrides(v) for v in plan.variants}
         assert by_name["1frame"][1:] == ["model.add_temporal_embed=false", "model.temporal_vision_encoder.enable=false"]
