@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
+from vidlab.models.singularity import encode_across_time, init_bert_weights
 
 READOUTS = ("order", "set", "temporal_embed", "temporal")
 CACHED_FRAMES = 8
@@ -48,21 +49,16 @@ class MotionClips:
     labels: Tensor
 
 
-def _motion_items(root: Path, split: str) -> list[tuple[Path, int]]:
-    path = root / "annotations" / f"motion_{split}.txt"
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found (is {root} a ShapesBench folder?)")
-    return [(root / video, int(label)) for video, label in (line.split() for line in path.read_text().splitlines() if line.strip())]
-
-
 @torch.no_grad()
 def cache_tokens(model: nn.Module, root: Path, split: str, transform: Any) -> MotionClips:
     """Every directional clip of `split` through the frozen tower at the middles of 8 equal segments."""
+    from vidlab.experiments.singularity_shapes import motion_labels
     from vidlab.io.probe import probe
     from vidlab.io.video import read_frames
 
     tokens, labels = [], []
-    for path, label in _motion_items(root, split):
+    for video, label in motion_labels(root, split):
+        path = root / video
         bounds = np.linspace(0, probe(path).num_frames, CACHED_FRAMES + 1)
         frames = read_frames(path, ((bounds[:-1] + bounds[1:]) / 2).astype(int)).permute(0, 3, 1, 2)
         tokens.append(model.encode_frames(transform(frames)[None]).tokens[0])
@@ -89,11 +85,11 @@ class DirectionReadout(nn.Module):
         self.kind = kind
         frames = len(TEST_FRAMES)
         hidden = 512
+        with_time = kind in ("temporal_embed", "temporal")
+        self.temporal_embeddings = nn.Parameter(torch.zeros(1, frames, 1, width)) if with_time else None
         if kind == "order":
             self.mlp = nn.Sequential(nn.Linear(frames * width, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
             return
-        with_time = kind in ("temporal_embed", "temporal")
-        self.temporal_embeddings = nn.Parameter(torch.zeros(1, frames, 1, width)) if with_time else None
         self.temporal_encoder = temporal_encoder if kind == "temporal" else None
         self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.attention = nn.MultiheadAttention(width, num_heads, batch_first=True)
@@ -107,16 +103,14 @@ class DirectionReadout(nn.Module):
         if self.temporal_embeddings is not None:
             tokens = tokens + self.temporal_embeddings
         if self.temporal_encoder is not None:
-            batch, frames, length, width = tokens.shape
-            across_time = self.temporal_encoder(tokens.transpose(1, 2).reshape(batch * length, frames, width))
-            tokens = across_time.view(batch, length, frames, width).transpose(1, 2)
+            tokens = encode_across_time(self.temporal_encoder, tokens)
         memory = tokens.flatten(1, 2)
         read, _ = self.attention(self.query.expand(len(memory), -1, -1), memory, memory)
         return self.mlp(self.norm(read[:, 0]))
 
     def temporal_norm(self) -> float | None:
         """Mean norm per frame of the temporal embeddings."""
-        table = getattr(self, "temporal_embeddings", None)
+        table = self.temporal_embeddings
         return None if table is None else float(table.detach().norm(dim=-1).mean())
 
 
@@ -177,7 +171,6 @@ def run_direction_probe(
     from vidlab.data.shapesbench import OPPOSITE
     from vidlab.data.transforms import build_transform
     from vidlab.models.factory import create_model_with_report
-    from vidlab.models.singularity import init_bert_weights
 
     unknown = sorted(set(readouts) - set(READOUTS))
     if unknown:

@@ -273,6 +273,14 @@ class TemplateFiles:
     num_test_videos: int
 
 
+def motion_labels(root: Path, split: str) -> list[tuple[str, int]]:
+    """(video path relative to `root`, motion class) of every directional clip of a ShapesBench split."""
+    path = root / "annotations" / f"motion_{split}.txt"
+    if not path.is_file():
+        raise ExperimentError(f"{path}: not found (is {root} a ShapesBench folder?)")
+    return [(video, int(label)) for video, label in (line.split() for line in path.read_text().splitlines() if line.strip())]
+
+
 def write_template_files(root: Path, out_dir: Path) -> TemplateFiles:
     """Singularity's temporal benchmark, SSv2-template retrieval (a caption per action template, every clip of the
     template its ground truth), made from ShapesBench's `motion` labels: one template per motion class. A clip and its
@@ -284,26 +292,20 @@ def write_template_files(root: Path, out_dir: Path) -> TemplateFiles:
     classes = list(_read_json(annotations / "motion_classes.json"))
     templates = [template_caption(name) for name in classes]
 
-    def labelled(split: str) -> list[tuple[str, int]]:
-        path = annotations / f"motion_{split}.txt"
-        if not path.is_file():
-            raise ExperimentError(f"{path}: not found (is {root} a ShapesBench folder?)")
-        return [(video, int(label)) for video, label in (line.split() for line in path.read_text().splitlines() if line.strip())]
-
     def write(name: str, items: list[dict[str, Any]]) -> Path:
         path = out_dir / name
         path.write_text(json.dumps(items, indent=1) + "\n")
         return path
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    test = labelled("test")
+    test = motion_labels(root, "test")
     pairs = []
     for video, label in test:
         opposite = classes.index(OPPOSITE[classes[label]])
         options = sorted((label, opposite))
         pairs.append({"video": video, "caption": [templates[i] for i in options], "answer": options.index(label), "temporal": True})
     return TemplateFiles(
-        train=write("templates_train.json", [{"video": v, "caption": templates[label]} for v, label in labelled("train")]),
+        train=write("templates_train.json", [{"video": v, "caption": templates[label]} for v, label in motion_labels(root, "train")]),
         test=write("templates_test.json", [{"video": v, "caption": templates[label]} for v, label in test]),
         choice_all=write("templates_test_choice_all.json", [{"video": v, "caption": templates, "answer": label, "temporal": True} for v, label in test]),
         choice_reversed=write("templates_test_choice_reversed.json", pairs),

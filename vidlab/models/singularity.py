@@ -381,6 +381,14 @@ class TextFeatures:
         return pool_text(self.states, self.mask, self.pooling)
 
 
+def encode_across_time(encoder: nn.Module, tokens: Tensor) -> Tensor:
+    """(B, T, L, D) -> (B, T, L, D): `encoder` attends across the T frames at each of the L token positions
+    (Singularity-temporal's temporal vision encoder)."""
+    batch, num_frames, length, width = tokens.shape
+    across_time = encoder(tokens.transpose(1, 2).reshape(batch * length, num_frames, width))
+    return across_time.view(batch, length, num_frames, width).transpose(1, 2).contiguous()
+
+
 class Singularity(nn.Module):
     """See the module docstring. Build through `create_model` (configs `singularity-*`)."""
 
@@ -464,10 +472,7 @@ class Singularity(nn.Module):
         if self.cfg.add_temporal_embed:
             tokens = tokens + self.temporal_embedding(num_frames)
         if num_frames > 1 and self.temporal_vision_encoder is not None:
-            batch, _, length, width = tokens.shape
-            across_time = tokens.transpose(1, 2).reshape(batch * length, num_frames, width)
-            across_time = self.temporal_vision_encoder(across_time)
-            tokens = across_time.view(batch, length, num_frames, width).transpose(1, 2).contiguous()
+            tokens = encode_across_time(self.temporal_vision_encoder, tokens)
             if self.cfg.temporal_vision_encoder.update_pooler_embed:
                 pooled = tokens[:, :, 0]
         return VideoFeatures(tokens, pooled)
