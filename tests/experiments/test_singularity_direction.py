@@ -1,4 +1,5 @@
-"""The direction probe's parts: frame picking, the readouts' order (in)sensitivity, the choice scores."""
+"""The direction probe's parts: frame picking, the readouts' order (in)sensitivity, the template task on a frozen
+tower, the choice scores."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from vidlab.errors import ConfigError
 from vidlab.experiments.singularity_direction import (
     TEST_FRAMES,
     DirectionReadout,
+    TemplateReadout,
     choice_scores,
     pick_frames,
+    recorded_tokenizer,
     run_direction_probe,
 )
+from vidlab.models import create_model, model_config
+from vidlab.models.factory import apply_overrides
+from vidlab.models.singularity import VideoFeatures
+
+TEMPORAL = {"num_frames": 4, "add_temporal_embed": True, "temporal_vision_encoder.enable": True,
+            "temporal_vision_encoder.update_pooler_embed": True}
 
 
 def test_training_picks_one_frame_of_each_pair_and_testing_the_odd_ones():
@@ -51,3 +60,74 @@ def test_bad_readouts_and_folders_are_config_errors(tmp_path):
         run_direction_probe(tmp_path, tmp_path, ["order", "sequence"])
     with pytest.raises(ConfigError, match="not a ShapesBench folder|ShapesBench folder"):
         run_direction_probe(tmp_path, tmp_path, ["order"])
+
+
+def tiny_temporal(**overrides):
+    torch.manual_seed(0)
+    return create_model(apply_overrides(model_config("singularity-tiny"), {**TEMPORAL, **overrides}))
+
+
+def test_the_template_readout_trains_all_but_the_tower_on_its_own_matching_losses():
+    model = tiny_temporal()
+    with torch.no_grad():
+        model.temporal_embeddings.normal_()
+    captions = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 102]])
+    readout = TemplateReadout(model, captions, (captions != 0).long()).train()
+    assert readout.temporal_norm() == 0.0  # zero-initialised, as the official temporal stage starts
+    torch.manual_seed(1)
+    tokens, labels = torch.randn(6, 4, 5, model.vision_width), torch.tensor([0, 0, 1, 1, 2, 2])
+    readout.loss(tokens, labels).backward()
+    params = dict(model.named_parameters())
+    assert all(not p.requires_grad and p.grad is None for name, p in params.items() if name.startswith(("vision_encoder.", "vision_layernorm.")))
+    for name in ("temporal_embeddings", "temporal_vision_encoder.layer.0.attention.self.query.weight", "itm_head.weight",
+                 "vision_proj.weight", "text_encoder.embeddings.word_embeddings.weight"):
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for name, p in params.items() if "crossattention" in name)
+    readout.eval()
+    with torch.no_grad():
+        logits = readout(tokens)
+        assert logits.shape == (6, 3)
+        for clip in range(3):  # each (clip, caption) logit is the model's ITM score of that pair alone
+            alone = model.itm_logits(model.encode_text(captions[1:2], (captions[1:2] != 0).long()).states,
+                                     (captions[1:2] != 0).long(),
+                                     model.add_time(VideoFeatures(tokens[clip : clip + 1], None)).memory)[0, 1]
+            torch.testing.assert_close(logits[clip, 1], alone)
+        model.temporal_embeddings.normal_()
+        assert not torch.allclose(readout(tokens), readout(tokens.flip(1)), atol=1e-5)
+
+
+def test_the_template_choice_readout_trains_on_the_captions_itm_scores():
+    model = tiny_temporal()
+    captions = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 102]])
+    readout = TemplateReadout(model, captions, (captions != 0).long(), kind="template_choice").train()
+    tokens, labels = torch.randn(6, 4, 5, model.vision_width), torch.tensor([0, 0, 1, 1, 2, 2])
+    torch.manual_seed(2)
+    loss = readout.loss(tokens, labels)
+    torch.manual_seed(2)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(readout(tokens), labels))
+    loss.backward()
+    assert model.itm_head.weight.grad.abs().sum() > 0
+    assert model.vision_proj.weight.grad is None  # no ITC in this loss
+
+
+def test_the_template_readout_needs_the_temporal_itc_path():
+    with pytest.raises(ConfigError, match="a template readout is one of"):
+        TemplateReadout(tiny_temporal(), torch.ones(2, 3).long(), torch.ones(2, 3).long(), kind="set")
+    with pytest.raises(ConfigError, match="a direction readout is one of"):
+        DirectionReadout("template", 16, 2, 8)
+    with pytest.raises(ConfigError, match="update_pooler_embed"):
+        TemplateReadout(tiny_temporal(**{"temporal_vision_encoder.update_pooler_embed": False}), torch.ones(2, 3).long(),
+                        torch.ones(2, 3).long())
+    model = tiny_temporal(**{"temporal_vision_encoder.update_pooler_embed": False})
+    with pytest.raises(ConfigError, match="pooled per-frame features"):
+        model.matching_losses(model.add_time(VideoFeatures(torch.randn(2, 4, 5, model.vision_width), None)),
+                              {"input_ids": torch.ones(2, 3).long(), "attention_mask": torch.ones(2, 3).long()})
+
+
+def test_the_tokenizer_comes_from_the_training_run_or_the_command_line(tmp_path):
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="pass --tokenizer"):
+        recorded_tokenizer(model_dir)
+    (tmp_path / "run" / "config.yaml").write_text("text: {tokenizer: my_tokenizer}\n")
+    assert recorded_tokenizer(model_dir) == recorded_tokenizer(model_dir / "model.safetensors") == "my_tokenizer"

@@ -371,10 +371,11 @@ def test_direction_probe_trains_every_readout_on_the_frozen_tower(singularity_qu
     lines = {split: sum(1 for line in (data / "annotations" / f"motion_{split}.txt").read_text().splitlines() if line.strip())
              for split in ("train", "test")}
     assert (probe["train_clips"], probe["test_clips"]) == (lines["train"], lines["test"])
-    assert list(probe["readouts"]) == ["order", "set", "temporal_embed", "temporal"]
+    assert list(probe["readouts"]) == ["order", "set", "temporal_embed", "temporal", "template", "template_choice"]
     for kind, rows in probe["readouts"].items():
         assert [row["step"] for row in rows] == [2, 3]
         assert all(0 <= row["of_all"] <= 100 and 0 <= row["vs_reversed"] <= 100 for row in rows)
         assert (rows[-1]["temporal_norm"] is None) is (kind in ("order", "set"))
-    assert probe["readouts"]["temporal"][-1]["temporal_norm"] > 0  # zero-initialised, then trained
-    assert "| temporal_embed |" in capsys.readouterr().out
+    for kind in ("temporal", "template", "template_choice"):
+        assert probe["readouts"][kind][-1]["temporal_norm"] > 0, kind  # zero-initialised, then trained
+    assert re.search(r"^\| template_choice +\| +3 \|", capsys.readouterr().out, re.MULTILINE)  # the table, last row

@@ -65,16 +65,21 @@ def register(subparsers) -> None:
         description="Freezes the model's vision tower, caches its tokens for every directional ShapesBench clip and trains "
         "motion classifiers on them: 'order' (per-frame mean tokens in frame order, an MLP), 'set' (one cross-attention "
         "layer from a learned query, order-free), 'temporal_embed' (the same after temporal embeddings) and 'temporal' "
-        "(after temporal embeddings and the temporal encoder: Singularity-temporal's memory). Prints, per readout and "
+        "(after temporal embeddings and the temporal encoder: Singularity-temporal's memory), and 'template' (the same "
+        "temporal parts under the template task's own ITC and ITM over the 8 template captions; 'template_choice': "
+        "cross-entropy over those captions' ITM scores). Prints, per readout and "
         "step, the test clips right among all 8 motions and against their reversed motion, and the temporal "
         "embeddings' norm (vidlab/experiments/singularity_direction.py).",
     )
     direction.add_argument("model", type=Path, help="a Singularity model folder (a run's .../model) or checkpoint")
     direction.add_argument("--data", type=Path, default=Path("data/shapes_small"), help="ShapesBench folder (default: data/shapes_small)")
-    direction.add_argument("--readouts", default="order,set,temporal_embed,temporal", help="comma-separated (default: all four)")
+    direction.add_argument("--readouts", default=None,
+                           help="comma-separated, of order, set, temporal_embed, temporal, template, template_choice (default: all)")
     direction.add_argument("--steps", type=int, default=3000, help="training steps of 32 clips per readout (default: 3000)")
     direction.add_argument("--eval-at", default="250,500,1000,2000", help="steps to score at besides the last (default: 250,500,1000,2000)")
     direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
+    direction.add_argument("--tokenizer", default=None,
+                           help="the template readout's text tokenizer (default: the one the model's training run recorded)")
     direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     direction.set_defaults(func=run_direction)
 
@@ -128,13 +133,13 @@ def run_direction(args: argparse.Namespace) -> int:
     import os
 
     from vidlab.bench.common import markdown_table
-    from vidlab.experiments.singularity_direction import HEADERS, format_row, run_direction_probe
+    from vidlab.experiments.singularity_direction import HEADERS, READOUTS, format_row, run_direction_probe
 
     try:
         eval_at = [int(step) for step in args.eval_at.split(",") if step.strip()]
     except ValueError:
         raise ConfigError(f"--eval-at takes comma-separated step numbers, got {args.eval_at!r}") from None
-    readouts = [name.strip() for name in args.readouts.split(",") if name.strip()]
+    readouts = list(READOUTS) if args.readouts is None else [name.strip() for name in args.readouts.split(",") if name.strip()]
     if args.out is not None:  # before the training, not after it
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(args.out.parent, os.W_OK):
@@ -144,7 +149,7 @@ def run_direction(args: argparse.Namespace) -> int:
         print("  ".join(f"{name}: {cell}" for name, cell in zip(HEADERS, format_row(row))), flush=True)
 
     results = run_direction_probe(args.model, args.data, readouts, steps=args.steps, eval_at=eval_at, seed=args.seed,
-                                  on_row=progress)
+                                  on_row=progress, tokenizer=args.tokenizer)
     print(f"\n{results['train_clips']} training / {results['test_clips']} test clips; token norm {results['token_norm']:.1f}\n")
     rows = [format_row(row) for evaluated in results["readouts"].values() for row in evaluated]
     print(markdown_table(HEADERS, rows, right_align_from=1))

@@ -12,7 +12,12 @@ clip's reversed motion:
   control);
 - `temporal_embed`: the same after adding temporal embeddings (zero-initialised, as official);
 - `temporal`: the same after temporal embeddings and the model's temporal encoder (randomly initialised, as
-  the official temporal stage starts), Singularity-temporal's memory.
+  the official temporal stage starts), Singularity-temporal's memory;
+- `template`: the template task itself on the frozen tower: the same temporal parts, then the model's own ITC
+  and ITM (hard negatives) over the 8 template captions, with the text, fusion and heads trained on from the
+  model's weights at the template task's learning rate; scored by each template caption's ITM score;
+- `template_choice`: the same model path trained with cross-entropy over the 8 template captions' ITM scores
+  instead: the strongest signal the template task's path can get (tells its losses from its architecture).
 
 The temporal embeddings' mean norm per frame is reported beside each score, against the tokens' own norm.
 """
@@ -33,9 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
-from vidlab.models.singularity import encode_across_time, init_bert_weights
+from vidlab.models.singularity import Singularity, VideoFeatures, encode_across_time, init_bert_weights
 
-READOUTS = ("order", "set", "temporal_embed", "temporal")
+READOUTS = ("order", "set", "temporal_embed", "temporal", "template", "template_choice")
+TEMPLATE_READOUTS = ("template", "template_choice")
 CACHED_FRAMES = 8
 TEST_FRAMES = (1, 3, 5, 7)
 BATCH_SIZE = 32
@@ -76,12 +82,15 @@ def pick_frames(tokens: Tensor, generator: torch.Generator | None = None) -> Ten
 
 
 class DirectionReadout(nn.Module):
-    """A motion classifier over 4 frames' tokens (see the module docstring for the kinds)."""
+    """A motion classifier over 4 frames' tokens, trained with cross-entropy (see the module docstring for the
+    kinds)."""
+
+    lr = 5e-4
 
     def __init__(self, kind: str, width: int, num_heads: int, num_classes: int, temporal_encoder: nn.Module | None = None):
         super().__init__()
-        if kind not in READOUTS:
-            raise ConfigError(f"readout must be one of {READOUTS}, got {kind!r}")
+        if kind not in READOUTS or kind in TEMPLATE_READOUTS:
+            raise ConfigError(f"a direction readout is one of {READOUTS[:4]}, got {kind!r}")
         self.kind = kind
         frames = len(TEST_FRAMES)
         hidden = 512
@@ -108,10 +117,63 @@ class DirectionReadout(nn.Module):
         read, _ = self.attention(self.query.expand(len(memory), -1, -1), memory, memory)
         return self.mlp(self.norm(read[:, 0]))
 
+    def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(self(tokens), labels)
+
     def temporal_norm(self) -> float | None:
         """Mean norm per frame of the temporal embeddings."""
         table = self.temporal_embeddings
         return None if table is None else float(table.detach().norm(dim=-1).mean())
+
+
+class TemplateReadout(nn.Module):
+    """The template task on cached tower tokens: `model` (its tower frozen) with zero temporal embeddings and a
+    randomly initialised temporal encoder, ITC reading each frame's [CLS] after it (`update_pooler_embed`, as the
+    plans' template fine-tuning of the temporal variant), ITM with hard negatives; clips of one template are each
+    other's positives (`idx`, as `data.has_multi_vision_gt`). Logits: every template caption's ITM score.
+    `kind` 'template_choice' trains with cross-entropy over those logits instead of the task's losses."""
+
+    lr = 2.5e-4  # configs/experiments/singularity_shapes/templates.yaml
+
+    def __init__(self, model: Singularity, caption_ids: Tensor, caption_mask: Tensor, kind: str = "template"):
+        super().__init__()
+        if kind not in TEMPLATE_READOUTS:
+            raise ConfigError(f"a template readout is one of {TEMPLATE_READOUTS}, got {kind!r}")
+        self.kind = kind
+        if not (model.cfg.add_temporal_embed and model.temporal_vision_encoder is not None
+                and model.cfg.temporal_vision_encoder.update_pooler_embed):
+            raise ConfigError("the template readout needs a model with temporal embeddings, a temporal encoder and update_pooler_embed")
+        self.model = model
+        for frozen in (model.vision_encoder, model.vision_layernorm):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+        with torch.no_grad():
+            model.temporal_embeddings.zero_()
+        init_bert_weights(model.temporal_vision_encoder, model.cfg.text.initializer_range)
+        self.register_buffer("caption_ids", caption_ids, persistent=False)
+        self.register_buffer("caption_mask", caption_mask, persistent=False)
+
+    def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        if self.kind == "template_choice":
+            return F.cross_entropy(self(tokens), labels)
+        batch = {"input_ids": self.caption_ids[labels], "attention_mask": self.caption_mask[labels], "idx": labels}
+        return sum(self.model.matching_losses(self.model.add_time(VideoFeatures(tokens, None)), batch).values())
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, 4, L, D) -> (B, templates) ITM scores."""
+        memory = self.model.add_time(VideoFeatures(tokens, None)).memory
+        text = self.model.encode_text(self.caption_ids, self.caption_mask)
+        clips, templates = len(memory), len(self.caption_ids)
+        logits = self.model.itm_logits(
+            text.states.repeat(clips, 1, 1), text.mask.repeat(clips, 1), memory.repeat_interleave(templates, dim=0)
+        )
+        return logits[:, 1].view(clips, templates)
+
+    def temporal_norm(self) -> float:
+        return float(self.model.temporal_embeddings.detach().norm(dim=-1).mean())
+
+
+Readout = DirectionReadout | TemplateReadout
 
 
 def choice_scores(logits: Tensor, labels: Tensor, opposite: Tensor) -> tuple[float, float]:
@@ -123,20 +185,21 @@ def choice_scores(logits: Tensor, labels: Tensor, opposite: Tensor) -> tuple[flo
 
 
 @torch.no_grad()
-def _scores(readout: DirectionReadout, clips: MotionClips, opposite: Tensor) -> tuple[float, float]:
+def _scores(readout: Readout, clips: MotionClips, opposite: Tensor) -> tuple[float, float]:
     readout.eval()
     logits = torch.cat([readout(pick_frames(clips.tokens[i : i + 80].float())) for i in range(0, len(clips.labels), 80)])
     return choice_scores(logits, clips.labels, opposite)
 
 
 def train_readout(
-    readout: DirectionReadout, train: MotionClips, test: MotionClips, opposite: Tensor, steps: int, eval_at: Sequence[int],
-    lr: float = 5e-4, seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
+    readout: Readout, train: MotionClips, test: MotionClips, opposite: Tensor, steps: int, eval_at: Sequence[int],
+    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """AdamW (100 warm-up steps, cosine to a tenth), batches of 32 clips; one row per `eval_at` step (and the
-    last), each also passed to `on_row` as it comes."""
+    """AdamW at the readout's `lr` (100 warm-up steps, cosine to a tenth), batches of 32 clips; one row per
+    `eval_at` step (and the last), each also passed to `on_row` as it comes."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(readout.parameters(), lr=lr, weight_decay=0.02)
+    trained = [p for p in readout.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=readout.lr, weight_decay=0.02)
 
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, steps) / steps)))
@@ -146,10 +209,10 @@ def train_readout(
     for step in range(1, steps + 1):
         readout.train()
         batch = torch.randint(0, len(train.labels), (BATCH_SIZE,), generator=generator)
-        loss = F.cross_entropy(readout(pick_frames(train.tokens[batch].float(), generator)), train.labels[batch])
+        loss = readout.loss(pick_frames(train.tokens[batch].float(), generator), train.labels[batch])
         optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(readout.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         if step in eval_at or step == steps:
@@ -161,11 +224,33 @@ def train_readout(
     return rows
 
 
+def recorded_tokenizer(checkpoint: Path) -> str:
+    """The text tokenizer a `vidlab train` run recorded beside its model folder (RUN/config.yaml, `text.tokenizer`)."""
+    from omegaconf import OmegaConf
+
+    model_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    config = model_dir.parent / "config.yaml"
+    spec = OmegaConf.select(OmegaConf.load(config), "text.tokenizer") if config.is_file() else None
+    if not spec:
+        raise ConfigError(f"the template readout needs the model's text tokenizer and {config} names none: pass --tokenizer")
+    return str(spec)
+
+
+def template_captions(classes: Sequence[str], tokenizer: str, max_length: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask) of the template caption of every motion class, as the experiment's template task writes them."""
+    from vidlab.experiments.singularity_shapes import template_caption
+    from vidlab.recipes.fit import load_tokenizer
+    from vidlab.recipes.singularity import Tokenize
+
+    return Tokenize(load_tokenizer(tokenizer), max_length)([template_caption(name) for name in classes])
+
+
 def run_direction_probe(
     checkpoint: Path, data: Path, readouts: Sequence[str] = READOUTS, steps: int = 3000, eval_at: Sequence[int] = (),
-    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
+    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, tokenizer: str | None = None,
 ) -> dict[str, Any]:
-    """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results."""
+    """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results.
+    `tokenizer` (the `template` readout's; default: the one the model's training run recorded)."""
     import json
 
     from vidlab.data.shapesbench import OPPOSITE
@@ -182,11 +267,17 @@ def run_direction_probe(
         raise ConfigError(f"{classes_file}: not found (is {data} a ShapesBench folder?)")
     classes = json.loads(classes_file.read_text())
     opposite = torch.tensor([classes.index(OPPOSITE[name]) for name in classes])
-    temporal = {"num_frames": len(TEST_FRAMES), "add_temporal_embed": True, "temporal_vision_encoder.enable": True}
+    temporal = {"num_frames": len(TEST_FRAMES), "add_temporal_embed": True, "temporal_vision_encoder.enable": True,
+                "temporal_vision_encoder.update_pooler_embed": True}
     created = create_model_with_report(checkpoint=checkpoint, **temporal)
     if created.config.family != "singularity":
         raise ConfigError(f"{checkpoint}: a {created.config.family} model, not a singularity one")
     model = created.model.eval()
+    captions = None
+    if set(readouts) & set(TEMPLATE_READOUTS):
+        if created.config.task == "qa":
+            raise ConfigError(f"{checkpoint}: a QA model has no ITM head for the template readout")
+        captions = template_captions(classes, tokenizer or recorded_tokenizer(checkpoint), created.config.text.max_length)
     transform = build_transform({"preset": "singularity", "size": created.config.vision.image_size, "hflip": 0.0}, train=False)
     train, test = (cache_tokens(model, data, split, transform) for split in ("train", "test"))
     width, heads = model.vision_width, created.config.vision.num_attention_heads
@@ -197,11 +288,16 @@ def run_direction_probe(
     }
     for kind in readouts:
         torch.manual_seed(seed)
-        encoder = None
-        if kind == "temporal":
-            encoder = copy.deepcopy(model.temporal_vision_encoder)
-            init_bert_weights(encoder, created.config.text.initializer_range)
-        readout = DirectionReadout(kind, width, heads, len(classes), encoder)
+        readout: Readout
+        if kind in TEMPLATE_READOUTS:
+            assert captions is not None
+            readout = TemplateReadout(copy.deepcopy(model), *captions, kind=kind)
+        else:
+            encoder = None
+            if kind == "temporal":
+                encoder = copy.deepcopy(model.temporal_vision_encoder)
+                init_bert_weights(encoder, created.config.text.initializer_range)
+            readout = DirectionReadout(kind, width, heads, len(classes), encoder)
         results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row)
     return results
 

@@ -466,7 +466,12 @@ class Singularity(nn.Module):
 
     def encode_video(self, video: Tensor) -> VideoFeatures:
         """Frames, plus temporal embeddings and the temporal encoder when the model has them."""
-        frames = self.encode_frames(video)
+        return self.add_time(self.encode_frames(video))
+
+    def add_time(self, frames: VideoFeatures) -> VideoFeatures:
+        """The temporal parts over the tower's per-frame features (`encode_frames`): temporal embeddings and the
+        temporal encoder when the model has them. Apart from the tower so that a frozen tower's cached features can
+        be trained on (`vidlab experiment singularity-direction`)."""
         tokens, pooled = frames.tokens, frames.pooled
         num_frames = tokens.shape[1]
         if self.cfg.add_temporal_embed:
@@ -538,11 +543,18 @@ class Singularity(nn.Module):
         each sample's source (same idx = extra ITC positives, never an ITM negative). `gather` (local ->
         all processes) widens the negatives to the global batch when `losses.gather_negatives` is set.
         """
+        return self.matching_losses(self.encode_video(batch["video"]), batch, gather, generator)
+
+    def matching_losses(
+        self, video: VideoFeatures, batch: Mapping[str, Tensor], gather: Gather | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """`forward_pretrain`'s losses from encoded video features (`encode_video`); `batch` without `video`."""
         if self.cfg.task == "qa":
             raise ConfigError("a QA model trains with forward_qa")
+        if video.pooled is None:
+            raise ConfigError("ITC needs pooled per-frame features (a pooler, or temporal_vision_encoder.update_pooler_embed)")
         losses_cfg = self.cfg.losses
         self.clamp_temperature()
-        video = self.encode_video(batch["video"])
         text = self.encode_text(batch["input_ids"], batch["attention_mask"])
         idx = batch.get("idx")
         gathering = losses_cfg.gather_negatives and gather is not None
