@@ -10,11 +10,13 @@ from vidlab.errors import ConfigError
 from vidlab.experiments.singularity_direction import (
     TEST_FRAMES,
     DirectionReadout,
+    MotionClips,
     TemplateReadout,
     choice_scores,
     pick_frames,
     recorded_tokenizer,
     run_direction_probe,
+    train_readout,
 )
 from vidlab.models import create_model, model_config
 from vidlab.models.factory import apply_overrides
@@ -58,6 +60,8 @@ def test_choice_scores_count_all_classes_and_the_reversed_motion():
 def test_bad_readouts_and_folders_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown readouts"):
         run_direction_probe(tmp_path, tmp_path, ["order", "sequence"])
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        run_direction_probe(tmp_path, tmp_path, ["order"], lr=-1.0)
     with pytest.raises(ConfigError, match="not a ShapesBench folder|ShapesBench folder"):
         run_direction_probe(tmp_path, tmp_path, ["order"])
 
@@ -131,3 +135,17 @@ def test_the_tokenizer_comes_from_the_training_run_or_the_command_line(tmp_path)
         recorded_tokenizer(model_dir)
     (tmp_path / "run" / "config.yaml").write_text("text: {tokenizer: my_tokenizer}\n")
     assert recorded_tokenizer(model_dir) == recorded_tokenizer(model_dir / "model.safetensors") == "my_tokenizer"
+
+
+def test_the_learning_rate_is_the_readouts_own_unless_given():
+    torch.manual_seed(0)
+    clips = MotionClips(torch.randn(40, 8, 3, 16), torch.arange(40) % 8)
+    opposite = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+    moved = {}
+    for lr in (None, 1e-12):
+        torch.manual_seed(0)
+        readout = DirectionReadout("order", 16, 2, 8)
+        before = [p.detach().clone() for p in readout.parameters()]
+        train_readout(readout, clips, clips, opposite, steps=3, eval_at=(), lr=lr)
+        moved[lr] = max((p.detach() - b).abs().max().item() for p, b in zip(readout.parameters(), before))
+    assert moved[None] > 1e-6 > moved[1e-12]

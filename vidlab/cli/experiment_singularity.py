@@ -78,6 +78,8 @@ def register(subparsers) -> None:
     direction.add_argument("--steps", type=int, default=3000, help="training steps of 32 clips per readout (default: 3000)")
     direction.add_argument("--eval-at", default="250,500,1000,2000", help="steps to score at besides the last (default: 250,500,1000,2000)")
     direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
+    direction.add_argument("--lr", type=float, default=None,
+                           help="every readout's learning rate (default: 5e-4; the template readouts 2.5e-4, the template task's)")
     direction.add_argument("--tokenizer", default=None,
                            help="the template readout's text tokenizer (default: the one the model's training run recorded)")
     direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -149,7 +151,7 @@ def run_direction(args: argparse.Namespace) -> int:
         print("  ".join(f"{name}: {cell}" for name, cell in zip(HEADERS, format_row(row))), flush=True)
 
     results = run_direction_probe(args.model, args.data, readouts, steps=args.steps, eval_at=eval_at, seed=args.seed,
-                                  on_row=progress, tokenizer=args.tokenizer)
+                                  on_row=progress, tokenizer=args.tokenizer, lr=args.lr)
     print(f"\n{results['train_clips']} training / {results['test_clips']} test clips; token norm {results['token_norm']:.1f}\n")
     rows = [format_row(row) for evaluated in results["readouts"].values() for row in evaluated]
     print(markdown_table(HEADERS, rows, right_align_from=1))

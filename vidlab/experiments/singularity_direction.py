@@ -193,13 +193,13 @@ def _scores(readout: Readout, clips: MotionClips, opposite: Tensor) -> tuple[flo
 
 def train_readout(
     readout: Readout, train: MotionClips, test: MotionClips, opposite: Tensor, steps: int, eval_at: Sequence[int],
-    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None,
+    seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, lr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """AdamW at the readout's `lr` (100 warm-up steps, cosine to a tenth), batches of 32 clips; one row per
-    `eval_at` step (and the last), each also passed to `on_row` as it comes."""
+    """AdamW at `lr` (default: the readout's own; 100 warm-up steps, cosine to a tenth), batches of 32 clips; one
+    row per `eval_at` step (and the last), each also passed to `on_row` as it comes."""
     generator = torch.Generator().manual_seed(seed)
     trained = [p for p in readout.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=readout.lr, weight_decay=0.02)
+    optimizer = torch.optim.AdamW(trained, lr=lr or readout.lr, weight_decay=0.02)
 
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, steps) / steps)))
@@ -248,9 +248,11 @@ def template_captions(classes: Sequence[str], tokenizer: str, max_length: int) -
 def run_direction_probe(
     checkpoint: Path, data: Path, readouts: Sequence[str] = READOUTS, steps: int = 3000, eval_at: Sequence[int] = (),
     seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, tokenizer: str | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results.
-    `tokenizer` (the `template` readout's; default: the one the model's training run recorded)."""
+    `tokenizer`: the template readouts' (default: the one the model's training run recorded); `lr`: every
+    readout's learning rate (default: each its own)."""
     import json
 
     from vidlab.data.shapesbench import OPPOSITE
@@ -262,6 +264,8 @@ def run_direction_probe(
         raise ConfigError(f"unknown readouts {unknown}; choose from {list(READOUTS)}")
     if steps < 1:
         raise ConfigError(f"steps must be 1 or more, got {steps}")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"lr must be positive, got {lr}")
     classes_file = data / "annotations" / "motion_classes.json"
     if not classes_file.is_file():
         raise ConfigError(f"{classes_file}: not found (is {data} a ShapesBench folder?)")
@@ -282,7 +286,7 @@ def run_direction_probe(
     train, test = (cache_tokens(model, data, split, transform) for split in ("train", "test"))
     width, heads = model.vision_width, created.config.vision.num_attention_heads
     results: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed,
+        "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed, "lr": lr,
         "train_clips": len(train.labels), "test_clips": len(test.labels),
         "token_norm": float(train.tokens.norm(dim=-1).mean()), "readouts": {},
     }
@@ -298,7 +302,7 @@ def run_direction_probe(
                 encoder = copy.deepcopy(model.temporal_vision_encoder)
                 init_bert_weights(encoder, created.config.text.initializer_range)
             readout = DirectionReadout(kind, width, heads, len(classes), encoder)
-        results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row)
+        results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row, lr=lr)
     return results
 
 
