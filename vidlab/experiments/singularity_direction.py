@@ -40,8 +40,9 @@ from torch import Tensor, nn
 from vidlab.errors import ConfigError
 from vidlab.models.singularity import Singularity, VideoFeatures, encode_across_time, init_bert_weights
 
-READOUTS = ("order", "set", "temporal_embed", "temporal", "template", "template_choice")
+DIRECTION_READOUTS = ("order", "set", "temporal_embed", "temporal")
 TEMPLATE_READOUTS = ("template", "template_choice")
+READOUTS = DIRECTION_READOUTS + TEMPLATE_READOUTS
 CACHED_FRAMES = 8
 TEST_FRAMES = (1, 3, 5, 7)
 BATCH_SIZE = 32
@@ -89,8 +90,8 @@ class DirectionReadout(nn.Module):
 
     def __init__(self, kind: str, width: int, num_heads: int, num_classes: int, temporal_encoder: nn.Module | None = None):
         super().__init__()
-        if kind not in READOUTS or kind in TEMPLATE_READOUTS:
-            raise ConfigError(f"a direction readout is one of {READOUTS[:4]}, got {kind!r}")
+        if kind not in DIRECTION_READOUTS:
+            raise ConfigError(f"a direction readout is one of {DIRECTION_READOUTS}, got {kind!r}")
         self.kind = kind
         frames = len(TEST_FRAMES)
         hidden = 512
@@ -153,15 +154,19 @@ class TemplateReadout(nn.Module):
         self.register_buffer("caption_ids", caption_ids, persistent=False)
         self.register_buffer("caption_mask", caption_mask, persistent=False)
 
+    def _video(self, tokens: Tensor) -> VideoFeatures:
+        """Cached tower tokens (B, 4, L, D) through the model's temporal parts."""
+        return self.model.add_time(VideoFeatures(tokens, None))
+
     def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
         if self.kind == "template_choice":
             return F.cross_entropy(self(tokens), labels)
         batch = {"input_ids": self.caption_ids[labels], "attention_mask": self.caption_mask[labels], "idx": labels}
-        return sum(self.model.matching_losses(self.model.add_time(VideoFeatures(tokens, None)), batch).values())
+        return sum(self.model.matching_losses(self._video(tokens), batch).values())
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, 4, L, D) -> (B, templates) ITM scores."""
-        memory = self.model.add_time(VideoFeatures(tokens, None)).memory
+        memory = self._video(tokens).memory
         text = self.model.encode_text(self.caption_ids, self.caption_mask)
         clips, templates = len(memory), len(self.caption_ids)
         logits = self.model.itm_logits(
