@@ -1,5 +1,6 @@
-"""VidlabModule's gradient clipping: Lightning's own norm clipping everywhere except under FSDP, whose sharded
-gradients need FSDP's `clip_grad_norm_` (Lightning refuses to clip them; checked on a GPU, see issue 4)."""
+"""VidlabModule: a recipe's named loss terms logged apart and summed; gradient clipping, Lightning's own norm
+clipping everywhere except under FSDP, whose sharded gradients need FSDP's `clip_grad_norm_` (Lightning refuses to
+clip them; checked on a GPU, see issue 4)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def test_other_strategies_use_lightnings_clipping(monkeypatch):
     )
     module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
     assert calls == [(1.0, "norm")]
+
+
+class _TermsRecipe:
+    """A recipe whose loss comes as named terms."""
+
+    def training_loss(self, model: nn.Module, batch: dict, gather) -> dict[str, torch.Tensor]:
+        weight = model.weight.sum()
+        return {"loss_a": weight * 2.0, "loss_b": weight + 1.0}
+
+
+def test_named_loss_terms_are_logged_apart_and_summed(monkeypatch):
+    model = nn.Linear(2, 2)
+    module = VidlabModule(recipe=_TermsRecipe(), model=model, cfg=OmegaConf.create({}))  # type: ignore[arg-type]
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(VidlabModule, "log", lambda self, name, value, **kwargs: logged.__setitem__(name, value))
+    loss = module.training_step({}, 0)
+    weight = model.weight.sum().detach()
+    assert torch.allclose(loss, weight * 3.0 + 1.0)
+    assert loss.requires_grad  # the sum is what trains
+    assert set(logged) == {"train/loss", "train/loss_a", "train/loss_b"}
+    assert torch.allclose(logged["train/loss_a"], weight * 2.0) and not logged["train/loss_a"].requires_grad

@@ -1,5 +1,5 @@
-"""The Singularity recipe through the engine on ShapesBench tiny: 1-frame training / 4-frame testing, ITM
-re-ranking, QA answer ranking, multiple choice, schedule-mixed resume, config errors."""
+"""The Singularity recipe through the engine on ShapesBench tiny: 1-frame training / 4-frame testing, the loss
+terms logged apart, ITM re-ranking, QA answer ranking, multiple choice, schedule-mixed resume, config errors."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Recorder(pl.Callback):
     def __init__(self):
         self.batches: list[tuple[str, list[int], tuple[int, ...], list[int]]] = []
         self.start_weights: dict[str, torch.Tensor] = {}
+        self.logged: list[dict[str, float]] = []  # the training scalars logged at each step
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_weights = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
@@ -43,6 +44,7 @@ class Recorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         idx = batch["idx"].tolist() if "idx" in batch else []
         self.batches.append((batch["train_set"], batch["index"].tolist(), tuple(batch["video"].shape), idx))
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
 
 
 class CrashAt(pl.Callback):
@@ -114,6 +116,10 @@ def test_retrieval_trains_single_frames_on_the_schedule_and_tests_four_frames(re
             owners = [i // 4 for i in indices]  # 4 captions per clip, pairs in file order
             assert [owners.index(o) for o in owners] == [idx.index(i) for i in idx]
             assert len(records) * 4 > max(indices)
+
+    for logged in recorder.logged:  # the loss and its terms, each logged
+        assert set(logged) == {"train/loss", "train/loss_itc", "train/loss_itm"}
+        assert logged["train/loss"] == pytest.approx(logged["train/loss_itc"] + logged["train/loss_itm"])
 
     report = json.loads((result.run_dir / "eval_test.json").read_text())
     assert "4 test frames" in report["protocol"] and "top-8 videos of each text" in report["protocol"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -89,6 +90,10 @@ class VidlabModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.recipe.training_loss(self.model, batch, self._gather)
+        if isinstance(loss, Mapping):  # named terms: each logged, their sum trained on
+            for name, term in loss.items():
+                self.log(f"train/{name}", term.detach(), batch_size=1)
+            loss = torch.stack(list(loss.values())).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
         return loss
 

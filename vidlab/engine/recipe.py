@@ -83,8 +83,9 @@ class Recipe(ABC):
         """An evaluation split (bad-sample policy `raise`), or None when the config has none."""
 
     @abstractmethod
-    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor:
-        """The loss of one batch; `gather` collects a tensor over all processes (identity on one)."""
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | Mapping[str, Tensor]:
+        """The loss of one batch, or its named terms (the engine logs each as `train/NAME` and trains on their sum);
+        `gather` collects a tensor over all processes (identity on one)."""
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -686,10 +686,10 @@ class SingularityRecipe(Recipe):
 
     # -- steps ------------------------------------------------------------------------------------------
 
-    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor:
+    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | dict[str, Tensor]:
         if self.task == "qa":
             return model.forward_qa(batch)["loss_qa"]
-        return sum(model.forward_pretrain(batch, gather).values())  # type: ignore[return-value]
+        return model.forward_pretrain(batch, gather)  # loss_itc, loss_itm (and loss_mlm): logged apart
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         self._eval_model = model
