@@ -233,8 +233,10 @@ def recorded_tokenizer(checkpoint: Path) -> str:
     """The text tokenizer a `vidlab train` run recorded beside its model folder (RUN/config.yaml, `text.tokenizer`)."""
     from omegaconf import OmegaConf
 
+    from vidlab.engine.runner import RUN_CONFIG
+
     model_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    config = model_dir.parent / "config.yaml"
+    config = model_dir.parent / RUN_CONFIG  # the stage's config, saved beside its model folder
     spec = OmegaConf.select(OmegaConf.load(config), "text.tokenizer") if config.is_file() else None
     if not spec:
         raise ConfigError(f"the template readout needs the model's text tokenizer and {config} names none: pass --tokenizer")
