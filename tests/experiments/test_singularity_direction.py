@@ -3,6 +3,8 @@ tower, the choice scores."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ from vidlab.experiments.singularity_direction import (
 )
 from vidlab.models import create_model, model_config
 from vidlab.models.factory import apply_overrides
-from vidlab.models.singularity import VideoFeatures
+from vidlab.models.singularity import VideoFeatures, encode_across_time
 
 TEMPORAL = {"num_frames": 4, "add_temporal_embed": True, "temporal_vision_encoder.enable": True,
             "temporal_vision_encoder.update_pooler_embed": True}
@@ -149,3 +151,51 @@ def test_the_learning_rate_is_the_readouts_own_unless_given():
         train_readout(readout, clips, clips, opposite, steps=3, eval_at=(), lr=lr)
         moved[lr] = max((p.detach() - b).abs().max().item() for p, b in zip(readout.parameters(), before))
     assert moved[None] > 1e-6 > moved[1e-12]
+
+
+def trained_temporal_readout(model) -> DirectionReadout:
+    """A 'temporal' readout over a copy of the model's temporal encoder, its parts moved off their initialisation."""
+    readout = DirectionReadout("temporal", model.vision_width, 2, 3, copy.deepcopy(model.temporal_vision_encoder))
+    with torch.no_grad():
+        readout.temporal_embeddings.normal_()
+        for param in readout.temporal_encoder.parameters():
+            param.add_(torch.randn_like(param))
+    return readout
+
+
+def test_a_trained_memory_is_transplanted_frozen_and_the_rest_trains():
+    model = tiny_temporal()
+    memory = trained_temporal_readout(model)
+    captions = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 102]])
+    readout = TemplateReadout(model, captions, (captions != 0).long(), memory=memory).train()
+    torch.testing.assert_close(model.temporal_embeddings, memory.temporal_embeddings)
+    tokens, labels = torch.randn(6, 4, 5, model.vision_width), torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.no_grad():  # without dropout, the model's temporal parts are the readout's
+        torch.testing.assert_close(readout.eval()._video(tokens).tokens,
+                                   encode_across_time(memory.eval().temporal_encoder, tokens + memory.temporal_embeddings))
+    readout.train()
+    readout.loss(tokens, labels).backward()
+    params = dict(model.named_parameters())
+    frozen = [name for name in params if name.startswith(("vision_encoder.", "vision_layernorm.", "temporal_"))]
+    assert "temporal_embeddings" in frozen and any(name.startswith("temporal_vision_encoder.") for name in frozen)
+    assert all(not params[name].requires_grad and params[name].grad is None for name in frozen)
+    assert params["itm_head.weight"].grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for name, p in params.items() if "crossattention" in name)
+
+
+def test_only_a_temporal_readout_can_be_transplanted():
+    model = tiny_temporal()
+    captions = torch.ones(2, 3).long()
+    with pytest.raises(ConfigError, match="from the 'temporal' readout"):
+        TemplateReadout(model, captions, captions, memory=DirectionReadout("temporal_embed", model.vision_width, 2, 3))
+    other_width = DirectionReadout("temporal", 8, 2, 3, torch.nn.Identity())
+    with pytest.raises(ConfigError, match="the temporal readout's embeddings are"):
+        TemplateReadout(model, captions, captions, memory=other_width)
+
+
+def test_a_trained_template_memory_needs_its_readouts(tmp_path):
+    with pytest.raises(ConfigError, match="template_memory must be one of"):
+        run_direction_probe(tmp_path, tmp_path, ["temporal", "template"], template_memory="old")
+    for readouts in (["template"], ["temporal", "order"]):
+        with pytest.raises(ConfigError, match="needs the 'temporal' readout and a template readout"):
+            run_direction_probe(tmp_path, tmp_path, readouts, template_memory="trained")

@@ -379,3 +379,12 @@ def test_direction_probe_trains_every_readout_on_the_frozen_tower(singularity_qu
     for kind in ("temporal", "template", "template_choice"):
         assert probe["readouts"][kind][-1]["temporal_norm"] > 0, kind  # zero-initialised, then trained
     assert re.search(r"^\| template_choice +\| +3 \|", capsys.readouterr().out, re.MULTILINE)  # the table, last row
+
+    transplanted = tmp_path / "transplanted.json"
+    assert main(["experiment", "singularity-direction", str(model), "--data", str(data), "--steps", "2", "--eval-at", "",
+                 "--readouts", "template_choice,temporal", "--template-memory", "trained", "--out", str(transplanted)]) == 0
+    probe = json.loads(transplanted.read_text())
+    assert probe["template_memory"] == "trained"
+    assert list(probe["readouts"]) == ["temporal", "template_choice"]  # the memory is trained first
+    memory_norm = probe["readouts"]["temporal"][-1]["temporal_norm"]
+    assert memory_norm > 0 and probe["readouts"]["template_choice"][-1]["temporal_norm"] == pytest.approx(memory_norm)

@@ -80,6 +80,10 @@ def register(subparsers) -> None:
     direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
     direction.add_argument("--lr", type=float, default=None,
                            help="every readout's learning rate (default: 5e-4; the template readouts 2.5e-4, the template task's)")
+    direction.add_argument("--template-memory", choices=("fresh", "trained"), default="fresh",
+                           help="the template readouts' temporal embeddings and encoder: 'fresh' (zero and random, trained "
+                           "with them; default) or 'trained': the 'temporal' readout's, trained first on the motion classes, "
+                           "then frozen (can the template path read a memory that holds the direction?)")
     direction.add_argument("--tokenizer", default=None,
                            help="the template readout's text tokenizer (default: the one the model's training run recorded)")
     direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -151,7 +155,7 @@ def run_direction(args: argparse.Namespace) -> int:
         print("  ".join(f"{name}: {cell}" for name, cell in zip(HEADERS, format_row(row))), flush=True)
 
     results = run_direction_probe(args.model, args.data, readouts, steps=args.steps, eval_at=eval_at, seed=args.seed,
-                                  on_row=progress, tokenizer=args.tokenizer, lr=args.lr)
+                                  on_row=progress, tokenizer=args.tokenizer, lr=args.lr, template_memory=args.template_memory)
     print(f"\n{results['train_clips']} training / {results['test_clips']} test clips; token norm {results['token_norm']:.1f}\n")
     rows = [format_row(row) for evaluated in results["readouts"].values() for row in evaluated]
     print(markdown_table(HEADERS, rows, right_align_from=1))

@@ -19,6 +19,11 @@ clip's reversed motion:
 - `template_choice`: the same model path trained with cross-entropy over the 8 template captions' ITM scores
   instead: the strongest signal the template task's path can get (tells its losses from its architecture).
 
+With `template_memory='trained'` the template readouts start instead from the `temporal` readout's temporal
+embeddings and encoder, trained first in the same run on the motion classes and then frozen: a memory that already
+holds the direction. Whether the template path then learns the direction tells "the fusion cannot read it" from
+"the captions cannot teach the memory to hold it".
+
 The temporal embeddings' mean norm per frame is reported beside each score, against the tokens' own norm.
 """
 
@@ -43,6 +48,7 @@ from vidlab.models.singularity import Singularity, VideoFeatures, encode_across_
 DIRECTION_READOUTS = ("order", "set", "temporal_embed", "temporal")
 TEMPLATE_READOUTS = ("template", "template_choice")
 READOUTS = DIRECTION_READOUTS + TEMPLATE_READOUTS
+TEMPLATE_MEMORIES = ("fresh", "trained")
 CACHED_FRAMES = 8
 TEST_FRAMES = (1, 3, 5, 7)
 BATCH_SIZE = 32
@@ -132,11 +138,14 @@ class TemplateReadout(nn.Module):
     randomly initialised temporal encoder, ITC reading each frame's [CLS] after it (`update_pooler_embed`, as the
     plans' template fine-tuning of the temporal variant), ITM with hard negatives; clips of one template are each
     other's positives (`idx`, as `data.has_multi_vision_gt`). Logits: every template caption's ITM score.
-    `kind` 'template_choice' trains with cross-entropy over those logits instead of the task's losses."""
+    `kind` 'template_choice' trains with cross-entropy over those logits instead of the task's losses.
+    `memory`: a trained `temporal` direction readout whose temporal embeddings and encoder replace the fresh ones,
+    frozen."""
 
     lr = 2.5e-4  # configs/experiments/singularity_shapes/templates.yaml
 
-    def __init__(self, model: Singularity, caption_ids: Tensor, caption_mask: Tensor, kind: str = "template"):
+    def __init__(self, model: Singularity, caption_ids: Tensor, caption_mask: Tensor, kind: str = "template",
+                 memory: DirectionReadout | None = None):
         super().__init__()
         if kind not in TEMPLATE_READOUTS:
             raise ConfigError(f"a template readout is one of {TEMPLATE_READOUTS}, got {kind!r}")
@@ -148,11 +157,29 @@ class TemplateReadout(nn.Module):
         for frozen in (model.vision_encoder, model.vision_layernorm):
             if frozen is not None:
                 frozen.requires_grad_(False)
-        with torch.no_grad():
-            model.temporal_embeddings.zero_()
-        init_bert_weights(model.temporal_vision_encoder, model.cfg.text.initializer_range)
+        if memory is None:
+            with torch.no_grad():
+                model.temporal_embeddings.zero_()
+            init_bert_weights(model.temporal_vision_encoder, model.cfg.text.initializer_range)
+        else:
+            self._transplant(memory)
         self.register_buffer("caption_ids", caption_ids, persistent=False)
         self.register_buffer("caption_mask", caption_mask, persistent=False)
+
+    def _transplant(self, memory: DirectionReadout) -> None:
+        """The `temporal` readout's temporal embeddings and encoder into the model, frozen."""
+        if memory.kind != "temporal":
+            raise ConfigError(f"a template readout's memory comes from the 'temporal' readout, not {memory.kind!r}")
+        assert memory.temporal_embeddings is not None and memory.temporal_encoder is not None
+        model = self.model
+        if memory.temporal_embeddings.shape != model.temporal_embeddings.shape:
+            raise ConfigError(f"the temporal readout's embeddings are {tuple(memory.temporal_embeddings.shape)}, the model's "
+                              f"{tuple(model.temporal_embeddings.shape)}")
+        with torch.no_grad():
+            model.temporal_embeddings.copy_(memory.temporal_embeddings)
+        model.temporal_vision_encoder.load_state_dict(memory.temporal_encoder.state_dict(), strict=True)
+        model.temporal_embeddings.requires_grad_(False)
+        model.temporal_vision_encoder.requires_grad_(False)
 
     def _video(self, tokens: Tensor) -> VideoFeatures:
         """Cached tower tokens (B, 4, L, D) through the model's temporal parts."""
@@ -255,11 +282,12 @@ def template_captions(classes: Sequence[str], tokenizer: str, max_length: int) -
 def run_direction_probe(
     checkpoint: Path, data: Path, readouts: Sequence[str] = READOUTS, steps: int = 3000, eval_at: Sequence[int] = (),
     seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, tokenizer: str | None = None,
-    lr: float | None = None,
+    lr: float | None = None, template_memory: str = "fresh",
 ) -> dict[str, Any]:
     """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results.
     `tokenizer`: the template readouts' (default: the one the model's training run recorded); `lr`: every
-    readout's learning rate (default: each its own)."""
+    readout's learning rate (default: each its own); `template_memory`: 'fresh' temporal parts for the template
+    readouts, or the 'trained' ones of the `temporal` readout (trained first, then frozen)."""
     import json
 
     from vidlab.data.shapesbench import OPPOSITE
@@ -273,6 +301,13 @@ def run_direction_probe(
         raise ConfigError(f"steps must be 1 or more, got {steps}")
     if lr is not None and not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}")
+    if template_memory not in TEMPLATE_MEMORIES:
+        raise ConfigError(f"template_memory must be one of {TEMPLATE_MEMORIES}, got {template_memory!r}")
+    transplant = template_memory == "trained"
+    if transplant:
+        if "temporal" not in readouts or not set(readouts) & set(TEMPLATE_READOUTS):
+            raise ConfigError("template_memory 'trained' needs the 'temporal' readout and a template readout")
+        readouts = sorted(readouts, key=lambda kind: kind != "temporal")  # the memory is trained first
     classes_file = data / "annotations" / "motion_classes.json"
     if not classes_file.is_file():
         raise ConfigError(f"{classes_file}: not found (is {data} a ShapesBench folder?)")
@@ -293,16 +328,17 @@ def run_direction_probe(
     train, test = (cache_tokens(model, data, split, transform) for split in ("train", "test"))
     width, heads = model.vision_width, created.config.vision.num_attention_heads
     results: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed, "lr": lr,
+        "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed, "lr": lr, "template_memory": template_memory,
         "train_clips": len(train.labels), "test_clips": len(test.labels),
         "token_norm": float(train.tokens.norm(dim=-1).mean()), "readouts": {},
     }
+    trained_memory: DirectionReadout | None = None
     for kind in readouts:
         torch.manual_seed(seed)
         readout: Readout
         if kind in TEMPLATE_READOUTS:
             assert captions is not None
-            readout = TemplateReadout(copy.deepcopy(model), *captions, kind=kind)
+            readout = TemplateReadout(copy.deepcopy(model), *captions, kind=kind, memory=trained_memory)
         else:
             encoder = None
             if kind == "temporal":
@@ -310,6 +346,9 @@ def run_direction_probe(
                 init_bert_weights(encoder, created.config.text.initializer_range)
             readout = DirectionReadout(kind, width, heads, len(classes), encoder)
         results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row, lr=lr)
+        if transplant and kind == "temporal":
+            assert isinstance(readout, DirectionReadout)
+            trained_memory = readout
     return results
 
 
