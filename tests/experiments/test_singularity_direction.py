@@ -183,6 +183,20 @@ def test_a_trained_memory_is_transplanted_frozen_and_the_rest_trains():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for name, p in params.items() if "crossattention" in name)
 
 
+def test_a_tuned_memory_trains_on_from_the_transplant():
+    model = tiny_temporal()
+    memory = trained_temporal_readout(model)
+    captions = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 102]])
+    readout = TemplateReadout(model, captions, (captions != 0).long(), memory=memory, tune_memory=True).train()
+    torch.testing.assert_close(model.temporal_embeddings, memory.temporal_embeddings)
+    assert model.temporal_embeddings is not memory.temporal_embeddings  # a copy: the memory readout stays as trained
+    readout.loss(torch.randn(6, 4, 5, model.vision_width), torch.tensor([0, 0, 1, 1, 2, 2])).backward()
+    params = dict(model.named_parameters())
+    for name in ("temporal_embeddings", "temporal_vision_encoder.layer.0.attention.self.query.weight"):
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    assert all(p.grad is None for name, p in params.items() if name.startswith(("vision_encoder.", "vision_layernorm.")))
+
+
 def test_only_a_temporal_readout_can_be_transplanted():
     model = tiny_temporal()
     captions = torch.ones(2, 3).long()

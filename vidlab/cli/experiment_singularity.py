@@ -80,10 +80,11 @@ def register(subparsers) -> None:
     direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
     direction.add_argument("--lr", type=float, default=None,
                            help="every readout's learning rate (default: 5e-4; the template readouts 2.5e-4, the template task's)")
-    direction.add_argument("--template-memory", choices=("fresh", "trained"), default="fresh",
+    direction.add_argument("--template-memory", choices=("fresh", "trained", "trained_tuned"), default="fresh",
                            help="the template readouts' temporal embeddings and encoder: 'fresh' (zero and random, trained "
-                           "with them; default) or 'trained': the 'temporal' readout's, trained first on the motion classes, "
-                           "then frozen (can the template path read a memory that holds the direction?)")
+                           "with them; default), 'trained': the 'temporal' readout's, trained first on the motion classes, "
+                           "then frozen (can the template path read a memory that holds the direction?), or "
+                           "'trained_tuned': the same, trained on with the template path (do its losses keep the direction?)")
     direction.add_argument("--tokenizer", default=None,
                            help="the template readout's text tokenizer (default: the one the model's training run recorded)")
     direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")

@@ -22,7 +22,8 @@ clip's reversed motion:
 With `template_memory='trained'` the template readouts start instead from the `temporal` readout's temporal
 embeddings and encoder, trained first in the same run on the motion classes and then frozen: a memory that already
 holds the direction. Whether the template path then learns the direction tells "the fusion cannot read it" from
-"the captions cannot teach the memory to hold it".
+"the captions cannot teach the memory to hold it". `'trained_tuned'`: the same start, the memory trained on with the
+template path (do the template losses keep the direction once it is there?).
 
 The temporal embeddings' mean norm per frame is reported beside each score, against the tokens' own norm.
 """
@@ -48,7 +49,7 @@ from vidlab.models.singularity import Singularity, VideoFeatures, encode_across_
 DIRECTION_READOUTS = ("order", "set", "temporal_embed", "temporal")
 TEMPLATE_READOUTS = ("template", "template_choice")
 READOUTS = DIRECTION_READOUTS + TEMPLATE_READOUTS
-TEMPLATE_MEMORIES = ("fresh", "trained")
+TEMPLATE_MEMORIES = ("fresh", "trained", "trained_tuned")
 CACHED_FRAMES = 8
 TEST_FRAMES = (1, 3, 5, 7)
 BATCH_SIZE = 32
@@ -140,12 +141,12 @@ class TemplateReadout(nn.Module):
     other's positives (`idx`, as `data.has_multi_vision_gt`). Logits: every template caption's ITM score.
     `kind` 'template_choice' trains with cross-entropy over those logits instead of the task's losses.
     `memory`: a trained `temporal` direction readout whose temporal embeddings and encoder replace the fresh ones,
-    frozen."""
+    frozen unless `tune_memory`."""
 
     lr = 2.5e-4  # configs/experiments/singularity_shapes/templates.yaml
 
     def __init__(self, model: Singularity, caption_ids: Tensor, caption_mask: Tensor, kind: str = "template",
-                 memory: DirectionReadout | None = None):
+                 memory: DirectionReadout | None = None, tune_memory: bool = False):
         super().__init__()
         if kind not in TEMPLATE_READOUTS:
             raise ConfigError(f"a template readout is one of {TEMPLATE_READOUTS}, got {kind!r}")
@@ -162,12 +163,12 @@ class TemplateReadout(nn.Module):
                 model.temporal_embeddings.zero_()
             init_bert_weights(model.temporal_vision_encoder, model.cfg.text.initializer_range)
         else:
-            self._transplant(memory)
+            self._transplant(memory, tune_memory)
         self.register_buffer("caption_ids", caption_ids, persistent=False)
         self.register_buffer("caption_mask", caption_mask, persistent=False)
 
-    def _transplant(self, memory: DirectionReadout) -> None:
-        """The `temporal` readout's temporal embeddings and encoder into the model, frozen."""
+    def _transplant(self, memory: DirectionReadout, tune: bool) -> None:
+        """The `temporal` readout's temporal embeddings and encoder into the model, frozen unless `tune`."""
         if memory.kind != "temporal":
             raise ConfigError(f"a template readout's memory comes from the 'temporal' readout, not {memory.kind!r}")
         assert memory.temporal_embeddings is not None and memory.temporal_encoder is not None
@@ -178,8 +179,8 @@ class TemplateReadout(nn.Module):
         with torch.no_grad():
             model.temporal_embeddings.copy_(memory.temporal_embeddings)
         model.temporal_vision_encoder.load_state_dict(memory.temporal_encoder.state_dict(), strict=True)
-        model.temporal_embeddings.requires_grad_(False)
-        model.temporal_vision_encoder.requires_grad_(False)
+        model.temporal_embeddings.requires_grad_(tune)
+        model.temporal_vision_encoder.requires_grad_(tune)
 
     def _video(self, tokens: Tensor) -> VideoFeatures:
         """Cached tower tokens (B, 4, L, D) through the model's temporal parts."""
@@ -287,7 +288,8 @@ def run_direction_probe(
     """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results.
     `tokenizer`: the template readouts' (default: the one the model's training run recorded); `lr`: every
     readout's learning rate (default: each its own); `template_memory`: 'fresh' temporal parts for the template
-    readouts, or the 'trained' ones of the `temporal` readout (trained first, then frozen)."""
+    readouts, or the 'trained' ones of the `temporal` readout (trained first, then frozen; 'trained_tuned': trained
+    on)."""
     import json
 
     from vidlab.data.shapesbench import OPPOSITE
@@ -303,10 +305,10 @@ def run_direction_probe(
         raise ConfigError(f"lr must be positive, got {lr}")
     if template_memory not in TEMPLATE_MEMORIES:
         raise ConfigError(f"template_memory must be one of {TEMPLATE_MEMORIES}, got {template_memory!r}")
-    transplant = template_memory == "trained"
+    transplant = template_memory != "fresh"
     if transplant:
         if "temporal" not in readouts or not set(readouts) & set(TEMPLATE_READOUTS):
-            raise ConfigError("template_memory 'trained' needs the 'temporal' readout and a template readout")
+            raise ConfigError(f"template_memory {template_memory!r} needs the 'temporal' readout and a template readout")
         readouts = sorted(readouts, key=lambda kind: kind != "temporal")  # the memory is trained first
     classes_file = data / "annotations" / "motion_classes.json"
     if not classes_file.is_file():
@@ -338,7 +340,8 @@ def run_direction_probe(
         readout: Readout
         if kind in TEMPLATE_READOUTS:
             assert captions is not None
-            readout = TemplateReadout(copy.deepcopy(model), *captions, kind=kind, memory=trained_memory)
+            readout = TemplateReadout(copy.deepcopy(model), *captions, kind=kind, memory=trained_memory,
+                                      tune_memory=template_memory == "trained_tuned")
         else:
             encoder = None
             if kind == "temporal":
