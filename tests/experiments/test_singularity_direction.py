@@ -15,6 +15,7 @@ from vidlab.experiments.singularity_direction import (
     MotionClips,
     TemplateReadout,
     choice_scores,
+    draw_batch,
     pick_frames,
     recorded_tokenizer,
     run_direction_probe,
@@ -35,6 +36,25 @@ def test_training_picks_one_frame_of_each_pair_and_testing_the_odd_ones():
     assert ((picked // 2) == torch.arange(4)).all()
     assert 0 < (picked % 2).float().mean() < 1
     assert pick_frames(tokens)[0, :, 0, 0].tolist() == list(TEST_FRAMES)
+
+
+def test_reversal_pairs_follow_each_clip_with_its_time_reversal_and_opposite_motion():
+    # every cached frame holds its clip and frame number: token value = 10 * clip + frame
+    tokens = (torch.arange(20.0)[:, None] * 10 + torch.arange(8.0)).view(20, 8, 1, 1).expand(20, 8, 2, 3)
+    clips = MotionClips(tokens, torch.arange(20) % 8)
+    opposite = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+    views, labels = draw_batch(clips, opposite, torch.Generator().manual_seed(0), reversal_pairs=True)
+    assert views.shape == (32, 4, 2, 3) and labels.shape == (32,)
+    first, second = views[:16, :, 0, 0], views[16:, :, 0, 0]
+    assert torch.equal(second, first.flip(1))
+    assert torch.equal(labels[16:], opposite[labels[:16]])
+    assert torch.equal(labels[:16], clips.labels[(first[:, 0] // 10).long()])
+    # the reversed view is a training view of the reversed clip: one frame of each pair of its reversed frames
+    reversed_frame = 7 - second % 10
+    assert ((reversed_frame // 2) == torch.arange(4)).all()
+    plain_views, plain_labels = draw_batch(clips, opposite, torch.Generator().manual_seed(0))
+    assert plain_views.shape == (32, 4, 2, 3)
+    assert torch.equal(plain_labels, clips.labels[(plain_views[:, 0, 0, 0] // 10).long()])
 
 
 def test_only_the_readouts_with_time_see_the_frame_order():
@@ -205,6 +225,11 @@ def test_only_a_temporal_readout_can_be_transplanted():
     other_width = DirectionReadout("temporal", 8, 2, 3, torch.nn.Identity())
     with pytest.raises(ConfigError, match="the temporal readout's embeddings are"):
         TemplateReadout(model, captions, captions, memory=other_width)
+
+
+def test_reversal_pairs_need_a_template_readout(tmp_path):
+    with pytest.raises(ConfigError, match="add a template readout"):
+        run_direction_probe(tmp_path, tmp_path, ["temporal"], reversal_pairs=True)
 
 
 def test_a_trained_template_memory_needs_its_readouts(tmp_path):

@@ -372,6 +372,7 @@ def test_direction_probe_trains_every_readout_on_the_frozen_tower(singularity_qu
              for split in ("train", "test")}
     assert (probe["train_clips"], probe["test_clips"]) == (lines["train"], lines["test"])
     assert list(probe["readouts"]) == ["order", "set", "temporal_embed", "temporal", "template", "template_choice"]
+    assert probe["reversal_pairs"] is False
     for kind, rows in probe["readouts"].items():
         assert [row["step"] for row in rows] == [2, 3]
         assert all(0 <= row["of_all"] <= 100 and 0 <= row["vs_reversed"] <= 100 for row in rows)
@@ -380,11 +381,15 @@ def test_direction_probe_trains_every_readout_on_the_frozen_tower(singularity_qu
         assert probe["readouts"][kind][-1]["temporal_norm"] > 0, kind  # zero-initialised, then trained
     assert re.search(r"^\| template_choice +\| +3 \|", capsys.readouterr().out, re.MULTILINE)  # the table, last row
 
+    first_memory = [row["loss"] for row in probe["readouts"]["temporal"]]
     transplanted = tmp_path / "transplanted.json"
-    assert main(["experiment", "singularity-direction", str(model), "--data", str(data), "--steps", "2", "--eval-at", "",
-                 "--readouts", "template_choice,temporal", "--template-memory", "trained", "--out", str(transplanted)]) == 0
+    assert main(["experiment", "singularity-direction", str(model), "--data", str(data), "--steps", "3", "--eval-at", "2",
+                 "--readouts", "template_choice,temporal", "--template-memory", "trained", "--reversal-pairs",
+                 "--out", str(transplanted)]) == 0
     probe = json.loads(transplanted.read_text())
-    assert probe["template_memory"] == "trained"
+    assert probe["template_memory"] == "trained" and probe["reversal_pairs"] is True
     assert list(probe["readouts"]) == ["temporal", "template_choice"]  # the memory is trained first
+    # the memory trains on the same batches as without --reversal-pairs: only the template readouts' are paired
+    assert [row["loss"] for row in probe["readouts"]["temporal"]] == pytest.approx(first_memory)
     memory_norm = probe["readouts"]["temporal"][-1]["temporal_norm"]
     assert memory_norm > 0 and probe["readouts"]["template_choice"][-1]["temporal_norm"] == pytest.approx(memory_norm)

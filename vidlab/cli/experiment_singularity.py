@@ -85,6 +85,9 @@ def register(subparsers) -> None:
                            "with them; default), 'trained': the 'temporal' readout's, trained first on the motion classes, "
                            "then frozen (can the template path read a memory that holds the direction?), or "
                            "'trained_tuned': the same, trained on with the template path (do its losses keep the direction?)")
+    direction.add_argument("--reversal-pairs", action="store_true",
+                           help="the template readouts' training batches: 16 clips and their time reversals, labelled with the "
+                           "opposite motion (each clip meets its reversed template in its own batch; not the official recipe)")
     direction.add_argument("--tokenizer", default=None,
                            help="the template readout's text tokenizer (default: the one the model's training run recorded)")
     direction.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -156,7 +159,8 @@ def run_direction(args: argparse.Namespace) -> int:
         print("  ".join(f"{name}: {cell}" for name, cell in zip(HEADERS, format_row(row))), flush=True)
 
     results = run_direction_probe(args.model, args.data, readouts, steps=args.steps, eval_at=eval_at, seed=args.seed,
-                                  on_row=progress, tokenizer=args.tokenizer, lr=args.lr, template_memory=args.template_memory)
+                                  on_row=progress, tokenizer=args.tokenizer, lr=args.lr, template_memory=args.template_memory,
+                                  reversal_pairs=args.reversal_pairs)
     print(f"\n{results['train_clips']} training / {results['test_clips']} test clips; token norm {results['token_norm']:.1f}\n")
     rows = [format_row(row) for evaluated in results["readouts"].values() for row in evaluated]
     print(markdown_table(HEADERS, rows, right_align_from=1))

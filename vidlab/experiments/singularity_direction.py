@@ -25,6 +25,11 @@ holds the direction. Whether the template path then learns the direction tells "
 "the captions cannot teach the memory to hold it". `'trained_tuned'`: the same start, the memory trained on with the
 template path (do the template losses keep the direction once it is there?).
 
+With `reversal_pairs` every training batch of the template readouts holds 16 clips and their time reversals (the
+picked frames in reverse order, labelled with the opposite motion): every clip meets its reversed template in its
+own batch, so the template losses ask for the direction as often as they can (not part of the official recipe).
+The direction readouts keep their batches, so a transplanted memory is the same with or without it.
+
 The temporal embeddings' mean norm per frame is reported beside each score, against the tokens' own norm.
 """
 
@@ -87,6 +92,19 @@ def pick_frames(tokens: Tensor, generator: torch.Generator | None = None) -> Ten
         return tokens[:, list(TEST_FRAMES)]
     offsets = torch.randint(0, 2, (len(tokens), len(TEST_FRAMES)), generator=generator)
     return tokens[torch.arange(len(tokens))[:, None], torch.arange(len(TEST_FRAMES)) * 2 + offsets]
+
+
+def draw_batch(clips: MotionClips, opposite: Tensor, generator: torch.Generator, reversal_pairs: bool = False,
+               ) -> tuple[Tensor, Tensor]:
+    """A training batch of `BATCH_SIZE` picked views (B, 4, L, D) and their motion labels. With `reversal_pairs`,
+    half as many clips and, after them, their time reversals: the picked frames flipped (themselves a training view
+    of the reversed cached frames) labelled with the opposite motion."""
+    count = BATCH_SIZE // 2 if reversal_pairs else BATCH_SIZE
+    index = torch.randint(0, len(clips.labels), (count,), generator=generator)
+    views, labels = pick_frames(clips.tokens[index].float(), generator), clips.labels[index]
+    if reversal_pairs:
+        views, labels = torch.cat([views, views.flip(1)]), torch.cat([labels, opposite[labels]])
+    return views, labels
 
 
 class DirectionReadout(nn.Module):
@@ -227,9 +245,11 @@ def _scores(readout: Readout, clips: MotionClips, opposite: Tensor) -> tuple[flo
 def train_readout(
     readout: Readout, train: MotionClips, test: MotionClips, opposite: Tensor, steps: int, eval_at: Sequence[int],
     seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, lr: float | None = None,
+    reversal_pairs: bool = False,
 ) -> list[dict[str, Any]]:
-    """AdamW at `lr` (default: the readout's own; 100 warm-up steps, cosine to a tenth), batches of 32 clips; one
-    row per `eval_at` step (and the last), each also passed to `on_row` as it comes."""
+    """AdamW at `lr` (default: the readout's own; 100 warm-up steps, cosine to a tenth), batches of 32 clips (16 and
+    their reversals with `reversal_pairs`); one row per `eval_at` step (and the last), each also passed to `on_row`
+    as it comes."""
     generator = torch.Generator().manual_seed(seed)
     trained = [p for p in readout.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=lr or readout.lr, weight_decay=0.02)
@@ -241,8 +261,7 @@ def train_readout(
     rows, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         readout.train()
-        batch = torch.randint(0, len(train.labels), (BATCH_SIZE,), generator=generator)
-        loss = readout.loss(pick_frames(train.tokens[batch].float(), generator), train.labels[batch])
+        loss = readout.loss(*draw_batch(train, opposite, generator, reversal_pairs))
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(trained, 1.0)
@@ -283,13 +302,13 @@ def template_captions(classes: Sequence[str], tokenizer: str, max_length: int) -
 def run_direction_probe(
     checkpoint: Path, data: Path, readouts: Sequence[str] = READOUTS, steps: int = 3000, eval_at: Sequence[int] = (),
     seed: int = 0, on_row: Callable[[dict[str, Any]], None] | None = None, tokenizer: str | None = None,
-    lr: float | None = None, template_memory: str = "fresh",
+    lr: float | None = None, template_memory: str = "fresh", reversal_pairs: bool = False,
 ) -> dict[str, Any]:
     """Cache the frozen tower's tokens of `checkpoint` on ShapesBench `data`, train each readout; the results.
     `tokenizer`: the template readouts' (default: the one the model's training run recorded); `lr`: every
     readout's learning rate (default: each its own); `template_memory`: 'fresh' temporal parts for the template
     readouts, or the 'trained' ones of the `temporal` readout (trained first, then frozen; 'trained_tuned': trained
-    on)."""
+    on); `reversal_pairs`: the template readouts' batches pair each clip with its time reversal."""
     import json
 
     from vidlab.data.shapesbench import OPPOSITE
@@ -305,6 +324,8 @@ def run_direction_probe(
         raise ConfigError(f"lr must be positive, got {lr}")
     if template_memory not in TEMPLATE_MEMORIES:
         raise ConfigError(f"template_memory must be one of {TEMPLATE_MEMORIES}, got {template_memory!r}")
+    if reversal_pairs and not set(readouts) & set(TEMPLATE_READOUTS):
+        raise ConfigError("reversal_pairs pairs the template readouts' batches: add a template readout")
     transplant = template_memory != "fresh"
     if transplant:
         if "temporal" not in readouts or not set(readouts) & set(TEMPLATE_READOUTS):
@@ -331,7 +352,7 @@ def run_direction_probe(
     width, heads = model.vision_width, created.config.vision.num_attention_heads
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint), "data": str(data), "steps": steps, "seed": seed, "lr": lr, "template_memory": template_memory,
-        "train_clips": len(train.labels), "test_clips": len(test.labels),
+        "reversal_pairs": reversal_pairs, "train_clips": len(train.labels), "test_clips": len(test.labels),
         "token_norm": float(train.tokens.norm(dim=-1).mean()), "readouts": {},
     }
     trained_memory: DirectionReadout | None = None
@@ -348,7 +369,8 @@ def run_direction_probe(
                 encoder = copy.deepcopy(model.temporal_vision_encoder)
                 init_bert_weights(encoder, created.config.text.initializer_range)
             readout = DirectionReadout(kind, width, heads, len(classes), encoder)
-        results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row, lr=lr)
+        results["readouts"][kind] = train_readout(readout, train, test, opposite, steps, eval_at, seed=seed, on_row=on_row, lr=lr,
+                                                   reversal_pairs=reversal_pairs and kind in TEMPLATE_READOUTS)
         if transplant and kind == "temporal":
             assert isinstance(readout, DirectionReadout)
             trained_memory = readout
