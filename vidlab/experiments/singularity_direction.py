@@ -94,8 +94,9 @@ def pick_frames(tokens: Tensor, generator: torch.Generator | None = None) -> Ten
     return tokens[torch.arange(len(tokens))[:, None], torch.arange(len(TEST_FRAMES)) * 2 + offsets]
 
 
-def draw_batch(clips: MotionClips, opposite: Tensor, generator: torch.Generator, reversal_pairs: bool = False,
-               ) -> tuple[Tensor, Tensor]:
+def draw_batch(
+    clips: MotionClips, opposite: Tensor, generator: torch.Generator, reversal_pairs: bool = False,
+) -> tuple[Tensor, Tensor]:
     """A training batch of `BATCH_SIZE` picked views (B, 4, L, D) and their motion labels. With `reversal_pairs`,
     half as many clips and, after them, their time reversals: the picked frames flipped (themselves a training view
     of the reversed cached frames) labelled with the opposite motion."""
