@@ -325,11 +325,12 @@ def run_direction_probe(
         raise ConfigError(f"lr must be positive, got {lr}")
     if template_memory not in TEMPLATE_MEMORIES:
         raise ConfigError(f"template_memory must be one of {TEMPLATE_MEMORIES}, got {template_memory!r}")
-    if reversal_pairs and not set(readouts) & set(TEMPLATE_READOUTS):
+    with_templates = bool(set(readouts) & set(TEMPLATE_READOUTS))
+    if reversal_pairs and not with_templates:
         raise ConfigError("reversal_pairs pairs the template readouts' batches: add a template readout")
     transplant = template_memory != "fresh"
     if transplant:
-        if "temporal" not in readouts or not set(readouts) & set(TEMPLATE_READOUTS):
+        if "temporal" not in readouts or not with_templates:
             raise ConfigError(f"template_memory {template_memory!r} needs the 'temporal' readout and a template readout")
         readouts = sorted(readouts, key=lambda kind: kind != "temporal")  # the memory is trained first
     classes_file = data / "annotations" / "motion_classes.json"
@@ -344,7 +345,7 @@ def run_direction_probe(
         raise ConfigError(f"{checkpoint}: a {created.config.family} model, not a singularity one")
     model = created.model.eval()
     captions = None
-    if set(readouts) & set(TEMPLATE_READOUTS):
+    if with_templates:
         if created.config.task == "qa":
             raise ConfigError(f"{checkpoint}: a QA model has no ITM head for the template readout")
         captions = template_captions(classes, tokenizer or recorded_tokenizer(checkpoint), created.config.text.max_length)
