@@ -1,12 +1,13 @@
-"""ITC top-k then ITM re-ranking in both directions: -100 outside the top-k, chunking changes nothing, and the
-end-to-end evaluation on a tiny model reports both metric sets with its protocol."""
+"""ITC top-k then ITM re-ranking in both directions: -100 outside the top-k, chunking changes nothing, the
+end-to-end evaluation on a tiny model reports both metric sets with its protocol, and the subset recalls count
+texts with several ground-truth videos."""
 
 from __future__ import annotations
 
 import torch
 
 from vidlab.models import create_model, model_config
-from vidlab.tasks.rerank import NOT_RERANKED, evaluate_retrieval, extract_features, rerank_topk
+from vidlab.tasks.rerank import NOT_RERANKED, evaluate_retrieval, extract_features, rerank_topk, retrieval_recalls
 from vidlab.tasks.retrieval import CaptionIndex
 
 ITC = torch.tensor([[0.9, 0.1, 0.5, 0.2], [0.3, 0.8, 0.1, 0.7], [0.2, 0.4, 0.6, 0.0]])  # 3 videos x 4 texts
@@ -77,3 +78,30 @@ def test_evaluate_retrieval_on_a_tiny_model_reports_itm_and_itc_with_the_protoco
         text = model.encode_text(ids[t : t + 1], mask[t : t + 1])
         logit = model.itm_logits(text.states, text.mask, model.encode_video(videos[0][:1]).memory)[0, 1]
     torch.testing.assert_close(result.scores.v2t_itm[v, t], logit, atol=1e-5, rtol=1e-4)
+
+
+def test_t2v_counts_the_best_gt_video_and_v2t_ranks_the_distinct_captions():
+    """Texts A (gt videos 0-2) and B (3-5). ITC (video x text): A's best gt (video 1) ranks first; B's best gt
+    (video 3) ranks third, behind videos 0 and 1 -> t2v R@1 50 %. v2t over the 2 captions: videos 1, 2, 3 rank
+    their caption first, 0, 4, 5 second -> R@1 50 %."""
+    itc = torch.tensor([[0.5, 0.8], [0.9, 0.7], [0.1, 0.0], [0.2, 0.6], [0.3, 0.1], [0.4, 0.2]])
+    text_videos = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    true_pair = torch.zeros(6, 2)
+    true_pair[[0, 1, 2], 0] = 1.0
+    true_pair[[3, 4, 5], 1] = 1.0
+
+    def oracle_itm(videos: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        return (10.0 * true_pair[videos, texts] + itc[videos, texts])[None]  # one clip
+
+    subsets = {"all": torch.arange(2), "temporal": torch.tensor([1])}
+    metrics = retrieval_recalls(itc, oracle_itm, text_videos, subsets, k=6, ensemble="concat", pairs_per_call=64)
+    assert metrics["itc/all/t2v_R1"] == 50.0 and metrics["itc/all/t2v_R5"] == 100.0
+    assert metrics["itc/all/v2t_R1"] == 50.0 and metrics["itc/all/v2t_R5"] == 100.0
+    assert metrics["itm/all/t2v_R1"] == 100.0 and metrics["itm/all/v2t_R1"] == 100.0  # every pair re-ranked
+    # temporal = B only: t2v over all videos (its best gt third), v2t for B's videos among {B} alone
+    assert metrics["itc/temporal/t2v_R1"] == 0.0 and metrics["itc/temporal/t2v_R5"] == 100.0
+    assert metrics["itc/temporal/v2t_R1"] == 100.0
+
+    # k = 1: B's top ITC video (0) is no gt; its gt videos stay at -100, tied behind it: average rank 1 + 4/2 = 3
+    top1 = retrieval_recalls(itc, oracle_itm, text_videos, {"all": torch.arange(2)}, k=1, ensemble="concat", pairs_per_call=64)
+    assert top1["itm/all/t2v_R1"] == 50.0 and top1["itm/all/t2v_R5"] == 100.0

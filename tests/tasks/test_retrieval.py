@@ -9,6 +9,7 @@ from vidlab.tasks.retrieval import (
     fit_retrieval_metrics,
     ranks_from_embeddings,
     ranks_from_scores,
+    recall_at,
     summarize_ranks,
 )
 
@@ -57,6 +58,11 @@ def test_summary_values():
     assert (m["MedR"], m["MeanR"]) == (5.0, 15.6)
     assert m["geometric_mean_R1-R5-R10"] == pytest.approx((40 * 60 * 80) ** (1 / 3))
     assert summarize_ranks(torch.tensor([3.0]))["geometric_mean_R1-R5-R10"] == 0.0
+
+
+def test_recall_at_counts_ranks_below_k_and_is_nan_without_queries():
+    assert recall_at(torch.tensor([0.0, 0.5, 1.0, 7.0]), (1, 2, 10)) == {1: 50.0, 2: 75.0, 10: 100.0}
+    assert all(math.isnan(value) for value in recall_at(torch.empty(0), (1, 5)).values())
 
 
 def test_caption_index_and_perfect_retrieval():

@@ -74,14 +74,15 @@ from vidlab.tasks.ensemble import check_ensemble
 from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores
 from vidlab.tasks.rerank import (
     NOT_RERANKED,
-    PairScorer,
+    RECALL_AT,
+    SCORINGS,
     RetrievalFeatures,
     describe_protocol,
+    itc_scores,
     model_pair_scorer,
-    rerank_direction,
-    rerank_topk,
+    retrieval_recalls,
 )
-from vidlab.tasks.retrieval import invert_ground_truth, ranks_from_scores
+from vidlab.tasks.retrieval import invert_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,6 @@ TASKS = ("pretrain", "retrieval", "qa", "mc")
 MODEL_TASK = {"pretrain": "pretrain", "retrieval": "retrieval", "mc": "retrieval", "qa": "qa"}
 MONITOR = {"pretrain": "val/itm/all/r_mean", "retrieval": "val/itm/all/r_mean", "qa": "val/qa/all_acc", "mc": "val/mc/all_acc"}
 SPECIAL_TOKENS = ("pad", "cls", "sep", "mask")
-RECALL_AT = (1, 5, 10)
-SCORINGS = ("itm", "itc")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,13 +346,6 @@ class MCEvalCollate:
 # Metrics
 
 
-def recall_metrics(ranks: Tensor, prefix: str) -> dict[str, float]:
-    """R@1/5/10 (%) and their mean from 0-based ranks."""
-    values = {f"{prefix}_R{k}": 100.0 * float((ranks < k).double().mean()) for k in RECALL_AT}
-    values[f"{prefix}_Rmean"] = sum(values.values()) / len(RECALL_AT)
-    return values
-
-
 def first_of_each(keys: Sequence[str]) -> tuple[Tensor, Tensor]:
     """(N,) the number of each row's key, keys numbered in order of first appearance, and (G,) the row where
     each key first appears."""
@@ -434,52 +426,8 @@ def retrieval_metrics(
     """ITC and ITM re-ranked recalls of every subset (see the module docstring for the names)."""
     keep = (lambda t: t) if offload else (lambda t: t.to(device))
     features = RetrievalFeatures(keep(tables.memory), keep(tables.pooled), keep(tables.text_states), keep(tables.text_mask))
-    with torch.no_grad():
-        itc = model.similarity(tables.pooled.to(device), model.pooled_text(tables.text_states, tables.text_mask).to(device)).float()
+    itc = itc_scores(model, features, device)
     return retrieval_recalls(itc, model_pair_scorer(model, features, device), tables.text_videos, tables.subsets(), k, ensemble, pairs_per_call)
-
-
-def retrieval_recalls(
-    itc: Tensor,
-    scorer: PairScorer,
-    text_videos: Tensor,
-    subsets: Mapping[str, Tensor],
-    k: int,
-    ensemble: str,
-    pairs_per_call: int,
-) -> dict[str, float]:
-    """The recalls of `retrieval_metrics` from (V, N) ITC scores and the ITM pair scorer.
-
-    text_videos (N, K): each text's ground-truth videos, -1 padded; t2v counts the best-ranked one, v2t the
-    best-ranked text naming the video. subsets: name -> text positions ("all": every text); v2t of another
-    subset ranks its texts only (re-ranked within them) for the videos they name.
-    """
-    scores = rerank_topk(itc, scorer, k, ensemble, pairs_per_call)
-    num_videos = itc.shape[0]
-    metrics: dict[str, float] = {}
-    for subset, texts in subsets.items():
-        t2v_gt = text_videos[texts]
-        video_texts = invert_ground_truth(t2v_gt, num_videos)  # positions within the subset
-        videos = (video_texts >= 0).any(1).nonzero().flatten()
-        if subset == "all":
-            v2t = {"itm": scores.v2t_itm[videos], "itc": scores.v2t_itc[videos]}
-        else:  # re-rank each video's top-k among the subset's texts only
-
-            def subset_pairs(video_rows: Tensor, text_columns: Tensor, videos: Tensor = videos, texts: Tensor = texts) -> Tensor:
-                return scorer(videos[video_rows], texts[text_columns])
-
-            itc_subset = itc[videos.to(itc.device)][:, texts.to(itc.device)]
-            v2t = {
-                "itm": rerank_direction(itc_subset, subset_pairs, k, ensemble, pairs_per_call, queries_are_videos=True),
-                "itc": itc_subset.cpu(),
-            }
-        t2v = {"itm": scores.t2v_itm[texts], "itc": scores.t2v_itc[texts]}
-        for scoring in SCORINGS:
-            values = recall_metrics(ranks_from_scores(t2v[scoring], t2v_gt, "average"), "t2v")
-            values.update(recall_metrics(ranks_from_scores(v2t[scoring], video_texts[videos], "average"), "v2t"))
-            values["r_mean"] = (values["t2v_Rmean"] + values["v2t_Rmean"]) / 2
-            metrics.update({f"{scoring}/{subset}/{name}": value for name, value in values.items()})
-    return metrics
 
 
 def item_subsets(records: Sequence[MediaRecord], index: Tensor) -> dict[str, Tensor]:
@@ -898,7 +846,5 @@ __all__ = [
     "answer_weights",
     "caption_flags",
     "clean_text",
-    "recall_metrics",
     "retrieval_metrics",
-    "retrieval_recalls",
 ]

@@ -6,7 +6,9 @@ re-scores each query's top-k candidates, in both directions.
   over clips by the frame ensemble); every other entry is -100. text->video likewise from the ITC
   transpose, with its own top-k. k defaults to 128.
 - Both the re-ranked scores and the ITC scores are reported (`{split}/` and `{split}_emb/` officially),
-  as `itm` and `itc`, with `itm_eval`'s recalls (`vidlab.tasks.retrieval.singularity_itm_eval`).
+  as `itm` and `itc`: with `itm_eval`'s recalls (`evaluate_retrieval`, official numerics), or per text subset
+  with several ground-truth videos per text and tied scores at their average rank (`retrieval_recalls`, what
+  vidlab's Singularity recipe reports).
 
 The cross-encoder work is chunked: several queries' candidate pairs go through the model together, at
 most `pairs_per_call` pairs at a time. Features can stay on the CPU (`offload`): each chunk moves the
@@ -16,7 +18,7 @@ on captions joined into one text per video (`vidlab.data.formats.join_captions`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +26,11 @@ import torch
 from torch import Tensor
 
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
-from vidlab.tasks.retrieval import CaptionIndex, singularity_itm_eval
+from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, ranks_from_scores, recall_at, singularity_itm_eval
 
 NOT_RERANKED = -100.0  # score of the pairs outside a query's top-k (official)
+RECALL_AT = (1, 5, 10)
+SCORINGS = ("itm", "itc")  # re-ranked, contrastive only
 
 PairScorer = Callable[[Tensor, Tensor], Tensor]  # (video idx (n,), text idx (n,)) -> (clips, n) ITM scores
 
@@ -144,6 +148,67 @@ def model_pair_scorer(model: Any, features: RetrievalFeatures, device: torch.dev
     return score
 
 
+@torch.no_grad()
+def itc_scores(model: Any, features: RetrievalFeatures, device: torch.device | str | None = None) -> Tensor:
+    """(V, N) float32 ITC scores of every video and text of `features`, computed on `device`."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    pooled_text = model.pooled_text(features.text_states, features.text_mask)
+    return model.similarity(features.pooled_video.to(device), pooled_text.to(device)).float()
+
+
+def direction_recalls(ranks: Tensor, prefix: str) -> dict[str, float]:
+    """`{prefix}_R1/5/10` (%) and their mean `{prefix}_Rmean` from 0-based ranks."""
+    values = {f"{prefix}_R{k}": value for k, value in recall_at(ranks, RECALL_AT).items()}
+    values[f"{prefix}_Rmean"] = sum(values.values()) / len(RECALL_AT)
+    return values
+
+
+def retrieval_recalls(
+    itc: Tensor,
+    scorer: PairScorer,
+    text_videos: Tensor,
+    subsets: Mapping[str, Tensor],
+    k: int,
+    ensemble: str,
+    pairs_per_call: int,
+) -> dict[str, float]:
+    """Re-ranked and ITC recalls of every text subset, `{itm,itc}/{subset}/{t2v,v2t}_R{1,5,10}`, `..._Rmean` and
+    `{itm,itc}/{subset}/r_mean` (the mean of the six), from (V, N) ITC scores and the ITM pair scorer.
+
+    text_videos (N, K): each text's ground-truth videos, -1 padded (K > 1: one caption of many videos, official
+    `has_multi_vision_gt`); t2v counts the best-ranked one, v2t the best-ranked text naming the video.
+    subsets: name -> text positions ("all": every text); v2t of another subset ranks its texts only
+    (re-ranked within them) for the videos they name. Tied scores share their average rank, so a ground truth
+    outside the top-k (all NOT_RERANKED) ranks behind the k re-ranked candidates and halfway among the rest.
+    """
+    scores = rerank_topk(itc, scorer, k, ensemble, pairs_per_call)
+    num_videos = itc.shape[0]
+    metrics: dict[str, float] = {}
+    for subset, texts in subsets.items():
+        t2v_gt = text_videos[texts]
+        video_texts = invert_ground_truth(t2v_gt, num_videos)  # positions within the subset
+        videos = (video_texts >= 0).any(1).nonzero().flatten()
+        if subset == "all":
+            v2t = {"itm": scores.v2t_itm[videos], "itc": scores.v2t_itc[videos]}
+        else:  # re-rank each video's top-k among the subset's texts only
+
+            def subset_pairs(video_rows: Tensor, text_columns: Tensor, videos: Tensor = videos, texts: Tensor = texts) -> Tensor:
+                return scorer(videos[video_rows], texts[text_columns])
+
+            itc_subset = itc[videos.to(itc.device)][:, texts.to(itc.device)]
+            v2t = {
+                "itm": rerank_direction(itc_subset, subset_pairs, k, ensemble, pairs_per_call, queries_are_videos=True),
+                "itc": itc_subset.cpu(),
+            }
+        t2v = {"itm": scores.t2v_itm[texts], "itc": scores.t2v_itc[texts]}
+        for scoring in SCORINGS:
+            values = direction_recalls(ranks_from_scores(t2v[scoring], t2v_gt, "average"), "t2v")
+            values.update(direction_recalls(ranks_from_scores(v2t[scoring], video_texts[videos], "average"), "v2t"))
+            values["r_mean"] = (values["t2v_Rmean"] + values["v2t_Rmean"]) / 2
+            metrics.update({f"{scoring}/{subset}/{name}": value for name, value in values.items()})
+    return metrics
+
+
 @dataclass
 class RetrievalEvaluation:
     scores: RetrievalScores
@@ -181,7 +246,7 @@ def evaluate_retrieval(
     k = k or model.cfg.eval.k_test
     ensemble = ensemble or model.cfg.eval.frame_ensemble
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    itc = model.similarity(features.pooled_video.to(device), model.pooled_text(features.text_states, features.text_mask).to(device))
+    itc = itc_scores(model, features, device)
     scores = rerank_topk(itc, model_pair_scorer(model, features, device), k, ensemble, pairs_per_call)
     metrics = {
         "itm": singularity_itm_eval(scores.v2t_itm, scores.t2v_itm, captions),
@@ -202,6 +267,11 @@ __all__ = [
     "RetrievalFeatures",
     "extract_features",
     "model_pair_scorer",
+    "itc_scores",
+    "RECALL_AT",
+    "SCORINGS",
+    "direction_recalls",
+    "retrieval_recalls",
     "RetrievalEvaluation",
     "describe_protocol",
     "evaluate_retrieval",

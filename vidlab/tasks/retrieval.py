@@ -91,14 +91,23 @@ def ranks_from_embeddings(
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
+def recall_at(ranks: torch.Tensor | np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """R@k in percent of 0-based ranks: the share of queries whose ground truth ranks among the first k (NaN
+    without queries)."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    if len(ranks) == 0:
+        return {k: math.nan for k in ks}
+    return {k: 100.0 * float((ranks < k).sum()) / len(ranks) for k in ks}
+
+
 def summarize_ranks(ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)) -> dict[str, float]:
     """R@k in percent, MedR and MeanR (1-based), and the geometric mean of R@1/5/10 (FiT's summary)."""
     ranks = np.asarray(torch.as_tensor(ranks, dtype=torch.float64))
-    n = len(ranks)
-    metrics = {f"R{k}": 100 * float(np.sum(ranks < k)) / n for k in ks}
+    recalls = recall_at(ranks, sorted({*ks, 1, 5, 10}))
+    metrics = {f"R{k}": recalls[k] for k in ks}
     metrics["MedR"] = float(np.median(ranks)) + 1
     metrics["MeanR"] = float(np.mean(ranks)) + 1
-    r = [metrics.get(f"R{k}", 100 * float(np.sum(ranks < k)) / n) for k in (1, 5, 10)]
+    r = [recalls[k] for k in (1, 5, 10)]
     metrics["geometric_mean_R1-R5-R10"] = 0.0 if min(r) == 0 else float(np.exp(np.mean(np.log(r))))
     return metrics
 
@@ -157,11 +166,7 @@ def singularity_itm_eval(
     """
     v2t = ranks_from_scores(torch.as_tensor(scores_v2t), captions.video_to_texts)
     t2v = ranks_from_scores(torch.as_tensor(scores_t2v), captions.text_to_video[:, None])
-
-    def recalls(ranks: torch.Tensor) -> list[float]:
-        return [100.0 * float((ranks < k).sum()) / len(ranks) for k in (1, 5, 10)]
-
-    tr, ir = recalls(v2t), recalls(t2v)
+    tr, ir = list(recall_at(v2t, (1, 5, 10)).values()), list(recall_at(t2v, (1, 5, 10)).values())
     result = {f"txt_r{k}": v for k, v in zip((1, 5, 10), tr)}
     result["txt_r_mean"] = sum(tr) / 3
     result.update({f"img_r{k}": v for k, v in zip((1, 5, 10), ir)})
