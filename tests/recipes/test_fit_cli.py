@@ -94,3 +94,20 @@ def test_training_skips_bad_videos_and_reports_them(tmp_path, shapes_root, text_
     assert summary.count("videos/missing") >= 2 and "missing (x" in summary
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     assert torch.load(run / "0-train" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2  # debug: 2 steps
+
+
+def test_a_bad_test_video_after_training_names_the_saved_weights(tmp_path, shapes_root, text_folder, capsys):
+    config = tiny_config(shapes_root, text_folder, tmp_path / "runs")
+    config["eval"]["after_train"] = True
+    path = write_config(tmp_path / "c.yaml", config)
+    bad = _with_missing_video(shapes_root, "test", tmp_path / "bad_test.json")
+    overrides = ["debug=true", "debug_steps=2", "trainer.max_epochs=1"]
+    assert main(["train", str(path), *overrides, f"data.test.annotations={bad}"]) == 2
+    error, note = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("vidlab: error: ") and "missing.mp4: missing" in error
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    model_dir = run / "0-train" / "model"
+    assert f"its weights are in {model_dir}" in note and f"`vidlab eval {model_dir}`" in note
+    bad.write_text((shapes_root / "annotations" / "captions_test.json").read_text())  # the user fixes the file
+    assert main(["eval", str(model_dir)]) == 0
+    assert "all t2v" in capsys.readouterr().out

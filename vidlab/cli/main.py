@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VidlabError as e:
         # Expected failures (bad file, bad config, bad annotation): one clear line, no traceback.
         print(f"vidlab: error: {e}", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):
+            print(f"vidlab: {note}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidlab: interrupted", file=sys.stderr)

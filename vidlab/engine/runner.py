@@ -383,7 +383,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         split = scfg.eval.split
         if evaluates and split in module.eval_loaders:
             out_file = run_dir / f"eval_{split}.json" if stage is last else stage_dir / f"eval_{split}.json"
-            stage_metrics[stage.name] = _run_eval(trainer, module, split, out_file)
+            try:
+                stage_metrics[stage.name] = _run_eval(trainer, module, split, out_file)
+            except VidlabError as e:
+                e.add_note(
+                    f"the training of stage {stage.dirname} had finished: its weights are in {stage_dir / MODEL_DIR}; "
+                    f"once the {split} data is fixed, `vidlab eval {stage_dir / MODEL_DIR}` evaluates them"
+                )
+                raise
     if rank == 0 and tracker.attempts:
         print(tracker.summary())
     result = TrainResult(run_dir, [run_dir / s.dirname for s in stages], run_dir / last.dirname / MODEL_DIR)
