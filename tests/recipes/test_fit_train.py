@@ -80,9 +80,11 @@ def test_resume_mid_epoch_is_exact(tmp_path, shapes_root, text_folder):
     straight = train(load_train_config(path, ["run_dir=" + str(tmp_path / "straight")]), callbacks=[straight_rec])
 
     crashed_dir = tmp_path / "crashed"
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(RuntimeError, match="disk on fire") as crash:
         train(load_train_config(path, ["run_dir=" + str(crashed_dir)]), callbacks=[CrashAt(4, RuntimeError("disk on fire")), resumed_rec])
-    assert (crashed_dir / "0-train" / "checkpoints" / "interrupted.ckpt").is_file()
+    interrupted = crashed_dir / "0-train" / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    assert crash.value.__notes__ == [f"the training state is saved: `vidlab train CONFIG resume={interrupted}` goes on from it"]
     resumed = train(load_train_config(path, ["run_dir=" + str(crashed_dir), "resume=auto"]), callbacks=[resumed_rec])
 
     assert resumed.run_dir == crashed_dir

@@ -151,6 +151,7 @@ class SaveOnException(Callback):
             return
         trainer.save_checkpoint(self.path)
         log.warning("training stopped (%s): state saved to %s", type(exception).__name__, self.path)
+        exception.add_note(f"the training state is saved: `vidlab train CONFIG resume={self.path}` goes on from it")
 
 
 def _devices(cfg: DictConfig) -> tuple[Any, int]:
