@@ -89,8 +89,22 @@ def test_unreadable_files_give_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
         load_pickled_checkpoint(tmp_path / "junk.pth")
     torch.save({"weights": [1, 2]}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="unrecognized checkpoint"):
+    with pytest.raises(CheckpointError, match=r"unrecognized checkpoint \(keys 'weights'\); known formats: vidlab"):
         create_model("fit-tiny", checkpoint=tmp_path / "other.pth")
+
+
+def test_an_unrecognized_checkpoint_error_says_what_the_file_holds(tmp_path):
+    blocks = {f"blocks.{i}.attn.{part}.weight": torch.zeros(1) for i in range(2) for part in "qkv"}
+    torch.save({"model": {"foo.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "wrapped.pth")
+    with pytest.raises(CheckpointError, match=r"\(keys 'model', 'epoch'; 'model' holds 1 tensor: foo.weight\)"):
+        create_model("fit-tiny", checkpoint=tmp_path / "wrapped.pth")
+    torch.save(blocks, tmp_path / "flat.pth")
+    expected = r"\(6 tensors: blocks.\{0,1\}.attn.k.weight, blocks.\{0,1\}.attn.q.weight, blocks.\{0,1\}.attn.v.weight\)"
+    with pytest.raises(CheckpointError, match=expected):  # without a model name: no vidlab names to load them as
+        create_model(checkpoint=tmp_path / "flat.pth")
+    torch.save({**blocks, "head.weight": torch.zeros(1)}, tmp_path / "more.pth")
+    with pytest.raises(CheckpointError, match=r"attn.v.weight, ... \(1 more groups\)\)"):
+        create_model(checkpoint=tmp_path / "more.pth")
 
 
 # ---------------------------------------------------------------------------------------------------------

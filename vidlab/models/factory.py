@@ -31,6 +31,7 @@ from vidlab.models.checkpoint import (
     load_pickled_checkpoint,
     load_state_dict_strict,
     read_safetensors,
+    summarize_keys,
     vidlab_checkpoint_files,
 )
 from vidlab.models.errors import CheckpointError
@@ -148,6 +149,28 @@ def _format_of(obj: Any) -> CheckpointFormat | None:
     return next((fmt for fmt in _FORMATS if fmt.recognize(obj)), None)
 
 
+def describe_contents(obj: Any, examples: int = 3) -> str:
+    """What an unrecognized checkpoint holds, for its error: its top-level keys and a few names of each tensor
+    dict in it (the file itself or a value such as 'model' / 'state_dict')."""
+
+    def tensors(value: Any, name: str) -> str | None:
+        if not isinstance(value, Mapping) or not value or not all(isinstance(v, Tensor) for v in value.values()):
+            return None
+        shown = summarize_keys(str(k) for k in value)
+        more = f", ... ({len(shown) - examples} more groups)" if len(shown) > examples else ""
+        count = f"{len(value)} tensor" + ("s" if len(value) > 1 else "")
+        return f"{name}{count}: {', '.join(shown[:examples])}{more}"
+
+    if not isinstance(obj, Mapping):
+        return f"a {type(obj).__name__}"
+    whole = tensors(obj, "")
+    if whole is not None:
+        return whole
+    keys = [repr(k) for k in list(obj)[:8]] + (["..."] if len(obj) > 8 else [])
+    parts = [f"keys {', '.join(keys)}"] + [d for k, v in obj.items() if (d := tensors(v, f"{k!r} holds ")) is not None]
+    return "; ".join(parts)
+
+
 def read_checkpoint(
     checkpoint: str | Path | Mapping[str, Any], cfg: DictConfig | None
 ) -> tuple[DictConfig, MappedStateDict, str]:
@@ -182,7 +205,7 @@ def read_checkpoint(
     if cfg is not None and isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
         return cfg, MappedStateDict(dict(obj)), source
     known = ", ".join(["vidlab (model.safetensors + config.yaml)"] + [f.name for f in _FORMATS])
-    raise CheckpointError(source, f"unrecognized checkpoint; known formats: {known}")
+    raise CheckpointError(source, f"unrecognized checkpoint ({describe_contents(obj)}); known formats: {known}")
 
 
 def create_model_with_report(
