@@ -194,7 +194,7 @@ def test_per_frame_ensembles_score_each_test_frame(retrieval_run):
 # QA and multiple choice
 
 
-def test_qa_starts_from_the_retrieval_fusion_layers_and_ranks_the_answer_list(retrieval_run, config_path, shapes_root):
+def test_qa_starts_from_the_retrieval_fusion_layers_and_ranks_the_answer_list(retrieval_run, config_path, shapes_root, tmp_path, capsys):
     retrieval, _ = retrieval_run
     recorder = Recorder()
     path = config_path("qa", init_from=str(retrieval.model_dir))
@@ -225,6 +225,16 @@ def test_qa_starts_from_the_retrieval_fusion_layers_and_ranks_the_answer_list(re
         expected = 100.0 * sum(q["answer"] == "one" for q in chosen) / len(chosen)
         assert metrics[f"qa/{subset}_acc"] == pytest.approx(expected)
     assert 0.0 < metrics["qa/all_acc"] < 100.0
+    assert "not in the answer list" not in capsys.readouterr().out
+
+    # an annotated answer the list lacks cannot be predicted: it counts as wrong, and the protocol says how many
+    first_one = next(i for i, q in enumerate(questions) if q["answer"] == "one")
+    questions[first_one]["answer"] = "zebra"
+    unlisted = tmp_path / "qa_unlisted.json"
+    unlisted.write_text(json.dumps(questions))
+    metrics = evaluate(result.run_dir / "biased", [f"data.test.annotations={unlisted}"])
+    assert metrics["qa/all_acc"] == pytest.approx(100.0 * sum(q["answer"] == "one" for q in questions) / len(questions))
+    assert "annotated answers not in the answer list: 1 (those questions count as wrong)" in capsys.readouterr().out
 
 
 def test_multiple_choice_picks_the_option_with_the_highest_itm_score(retrieval_run, shapes_root):

@@ -734,6 +734,8 @@ class SingularityRecipe(Recipe):
         if self.task == "qa":
             records, model_cfg = self._eval_records[split], self._model_cfg()
             subsets = item_subsets(records, outputs["index"])
+            listed = set(self.answer_list())
+            unlisted = sum(records[int(i)].extra["answers"][0] not in listed for i in outputs["index"])
             return "\n".join(
                 [
                     f"protocol: Singularity video QA, split '{split}': {len(outputs['index'])} questions, "
@@ -742,7 +744,8 @@ class SingularityRecipe(Recipe):
                         f"  answers: ranked from the {len(self.answer_list())}-answer list: top-{min(self.cfg.eval.k_test, len(self.answer_list()))} "
                         f"by first-token probability, re-scored by sequence likelihood (scoring '{model_cfg.qa.scoring}')"
                     ),
-                    "  accuracy: exact match with the annotated answer; appearance = questions not flagged temporal",
+                    "  accuracy: exact match with the annotated answer; appearance = questions not flagged temporal"
+                    + (f"; annotated answers not in the answer list: {unlisted} (those questions count as wrong)" if unlisted else ""),
                     self._frames(),
                 ]
             )
