@@ -4,8 +4,10 @@ texts with several ground-truth videos."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from vidlab.errors import ConfigError
 from vidlab.models import create_model, model_config
 from vidlab.tasks.rerank import NOT_RERANKED, evaluate_retrieval, extract_features, rerank_topk, retrieval_recalls
 from vidlab.tasks.retrieval import CaptionIndex
@@ -48,6 +50,13 @@ def test_mean_ensemble_and_chunking():
     torch.testing.assert_close(one_by_one.v2t_itm, together.v2t_itm)
     torch.testing.assert_close(one_by_one.t2v_itm, together.t2v_itm)
     assert together.v2t_itm[0, 0] == 50 + 0 + 0  # mean of 0 and 100
+
+
+def test_k_and_the_pair_budget_must_be_positive():
+    with pytest.raises(ConfigError, match="k >= 1"):
+        rerank_topk(ITC, table_scorer(), k=0)
+    with pytest.raises(ConfigError, match="pairs_per_call >= 1"):
+        rerank_topk(ITC, table_scorer(), k=2, pairs_per_call=0)
 
 
 def test_k_larger_than_the_gallery_rescores_everything():

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vidlab.errors import ConfigError
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
 from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, ranks_from_scores, recall_at, singularity_itm_eval
 
@@ -51,6 +52,8 @@ def rerank_direction(
     """One direction of `rerank_topk`: (queries, candidates) ITC scores -> the same shape with each row's top-k
     re-scored by `score_pairs` and NOT_RERANKED elsewhere. Evaluations of a subset of the queries or
     candidates (e.g. only the temporal captions) re-rank within the subset with it."""
+    if k < 1 or pairs_per_call < 1:
+        raise ConfigError(f"re-ranking needs k >= 1 and pairs_per_call >= 1, got k={k}, pairs_per_call={pairs_per_call}")
     num_queries, num_candidates = itc.shape
     k = min(k, num_candidates)
     out = torch.full((num_queries, num_candidates), NOT_RERANKED, dtype=torch.float32)
