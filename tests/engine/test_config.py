@@ -52,3 +52,34 @@ def test_wrong_keys_values_and_recipes_are_config_errors(tmp_path):
         load_train_config(_write(tmp_path, BASE), ["trainer.precision=fp8"])
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         load_train_config(_write(tmp_path, "recipe: nope\n"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=0", r"trainer.max_epochs must be >= 1 \(or -1 with trainer.max_steps\), got 0"),
+        ("trainer.max_epochs=-1", r"or -1 with trainer.max_steps"),
+        ("trainer.max_steps=0", r"trainer.max_steps must be >= 1 \(or -1: max_epochs decides\)"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+        ("data.steps_per_epoch=0", "data.steps_per_epoch must be >= 1, got 0"),
+        ("optim.lr=-0.1", "optim.lr must be >= 0, got -0.1"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        ("optim.lr_groups=[{patterns: [temporal], lr: -1.0}]", r"optim.lr_groups\[0\].lr must be >= 0"),
+        ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\), got \[0.9\]"),
+        ("optim.betas=[0.9,1.0]", "optim.betas must be two numbers"),
+    ],
+)
+def test_out_of_range_numbers_are_config_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(_write(tmp_path, BASE), [override])
+
+
+def test_epochs_may_be_unbounded_when_steps_bound_the_run(tmp_path):
+    cfg = load_train_config(_write(tmp_path, BASE), ["trainer.max_epochs=-1", "trainer.max_steps=100"])
+    assert (cfg.trainer.max_epochs, cfg.trainer.max_steps) == (-1, 100)
+
+
+def test_a_stage_with_an_out_of_range_number_is_caught_too(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lr must be >= 0"):
+        load_train_config(_write(tmp_path, BASE + "stages:\n  - {name: one, optim: {lr: -1.0}}\n"))

@@ -105,6 +105,8 @@ def test_batches_name_their_training_set_and_bad_mixing_is_a_config_error():
         ResumableTrainLoader(sets, mixing="round_robin")
     with pytest.raises(ConfigError, match="distinct names"):
         ResumableTrainLoader([sets[0], sets[0]])
+    with pytest.raises(ConfigError, match="training set 'v': batch_size must be >= 1, got 0"):
+        TrainSet("v", Numbers(8, "v"), 0, collate)
 
 
 def test_a_checkpoint_at_the_end_of_an_epoch_resumes_with_the_next_epoch():

@@ -199,6 +199,26 @@ def _validate_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"checkpoint.mode must be 'min' or 'max', got {cfg.checkpoint.mode!r}")
     if t.accumulate_grad_batches < 1:
         raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {t.accumulate_grad_batches}")
+    if t.max_steps != -1 and t.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps must be >= 1 (or -1: max_epochs decides), got {t.max_steps}")
+    if t.max_epochs < 1 and not (t.max_epochs == -1 and t.max_steps > 0):
+        raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps), got {t.max_epochs}")
+    at_least = {
+        "trainer.log_every_n_steps": (t.log_every_n_steps, 1),
+        "trainer.check_val_every_n_epoch": (t.check_val_every_n_epoch, 1),
+        "data.num_workers": (cfg.data.num_workers, 0),
+        "data.steps_per_epoch": (cfg.data.steps_per_epoch, 1),
+        "optim.lr": (cfg.optim.lr, 0),
+        "optim.weight_decay": (cfg.optim.weight_decay, 0),
+        "optim.eps": (cfg.optim.eps, 0),
+    }
+    at_least.update({f"optim.lr_groups[{i}].lr": (group.lr, 0) for i, group in enumerate(cfg.optim.lr_groups)})
+    for key, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas}")
 
 
 def resolve_stages(cfg: DictConfig) -> list[Stage]:

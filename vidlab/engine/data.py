@@ -45,6 +45,10 @@ class TrainSet:
     batch_size: int
     collate: Collate
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"training set {self.name!r}: batch_size must be >= 1, got {self.batch_size}")
+
 
 class GlobalBatchSampler:
     """Per-rank index lists of global batches: `len` batches per epoch, the last partial one dropped."""
