@@ -231,6 +231,8 @@ def _with(config: dict, changes: dict) -> dict:
         ({"data.transform": {"preset": "evl", "size": 64}}, "data.transform.size=64 but the backbone takes 32x32"),
         ({"eval.spatial_views": 2}, "eval.spatial_views must be 1 or 3"),
         ({"data.train_sampler": "fit_rand"}, "data.train_sampler must be one of evl_train, evl_tsn"),
+        ({"eval.temporal_views": 0}, "eval.temporal_views must be >= 1, got 0"),
+        ({"data.sampling_rate": -2}, "data.sampling_rate must be >= 1, got -2"),
     ],
 )
 def test_bad_input_is_a_config_error(shapes_root, clip_folder, tmp_path, changes, message):

@@ -39,6 +39,10 @@ def _with_missing_video(shapes_root: Path, split: str, out: Path) -> Path:
         ("trainer.epochs=3", "trainer.epochs"),
         ("text.tokenizer=bert-base-uncased", "never downloads"),
         ("trainer.strategy=fsdp", "fsdp needs GPUs"),
+        ("eval.chunk_size=0", "eval.chunk_size must be >= 1, got 0"),
+        ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
+        ("data.train=[{name: v, annotations: annotations/captions_train.json, batch_size: 0}]", "training set 'v': batch_size must be >= 1"),
+        ("data.backend=nope", "unknown video backend 'nope'; known: pyav"),
     ],
 )
 def test_bad_config_is_one_error_line_and_no_run_folder(tmp_path, shapes_root, text_folder, capsys, override, message):

@@ -22,6 +22,7 @@ from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLE_ERRORS, BAD_SAMPLES_KEY, BadSample, BadSampleError, BadSamplePolicy
 from vidlab.errors import ConfigError
 from vidlab.io import Reason, VideoReadError, probe, read_audio, read_frames
+from vidlab.io.backends import check_backend
 
 Sampler = Callable[[int, float, np.random.Generator], Sequence[np.ndarray]]
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -100,7 +101,7 @@ class ClipReader:
         self.image_frames = image_frames
         self.audio = audio
         self.audio_transform = audio_transform
-        self.backend = backend
+        self.backend = check_backend(backend) if backend is not None else None
 
     def _video_views(self, source: str, record: MediaRecord, rng: np.random.Generator) -> tuple[list[torch.Tensor], list[float]]:
         """Decoded views (t,H,W,3) and the start time in seconds of each."""

@@ -9,7 +9,7 @@ the weights the previous stage ended with. No stages means one stage, named `tra
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,15 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> DictCo
     return cfg
 
 
+def check_at_least(cfg: DictConfig, minimums: Mapping[str, float]) -> None:
+    """ConfigError for the first `key: minimum` whose value in `cfg` is below it; absent and null keys pass (a
+    recipe's optional settings)."""
+    for key, low in minimums.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
 def _validate_numbers(cfg: DictConfig) -> None:
     t, s = cfg.trainer, cfg.schedule
     if str(t.precision) not in PRECISIONS:
@@ -203,19 +212,20 @@ def _validate_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_steps must be >= 1 (or -1: max_epochs decides), got {t.max_steps}")
     if t.max_epochs < 1 and not (t.max_epochs == -1 and t.max_steps > 0):
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 with trainer.max_steps), got {t.max_epochs}")
-    at_least = {
-        "trainer.log_every_n_steps": (t.log_every_n_steps, 1),
-        "trainer.check_val_every_n_epoch": (t.check_val_every_n_epoch, 1),
-        "data.num_workers": (cfg.data.num_workers, 0),
-        "data.steps_per_epoch": (cfg.data.steps_per_epoch, 1),
-        "optim.lr": (cfg.optim.lr, 0),
-        "optim.weight_decay": (cfg.optim.weight_decay, 0),
-        "optim.eps": (cfg.optim.eps, 0),
-    }
-    at_least.update({f"optim.lr_groups[{i}].lr": (group.lr, 0) for i, group in enumerate(cfg.optim.lr_groups)})
-    for key, (value, low) in at_least.items():
-        if value is not None and value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    check_at_least(
+        cfg,
+        {
+            "trainer.log_every_n_steps": 1,
+            "trainer.check_val_every_n_epoch": 1,
+            "data.num_workers": 0,
+            "data.steps_per_epoch": 1,
+            "eval.batch_size": 1,
+            "optim.lr": 0,
+            "optim.weight_decay": 0,
+            "optim.eps": 0,
+            **{f"optim.lr_groups[{i}].lr": 0 for i in range(len(cfg.optim.lr_groups))},
+        },
+    )
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas}")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vidlab.engine import distributed
-from vidlab.engine.config import register_config
+from vidlab.engine.config import check_at_least, register_config
 from vidlab.engine.data import Collate, TrainSet
 from vidlab.errors import ConfigError
 
@@ -40,8 +40,10 @@ class Recipe(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
     default_monitor: ClassVar[str | None] = None
+    minimums: ClassVar[dict[str, float]] = {}  # the recipe's own config sizes: key -> lowest valid value
 
     def __init__(self, cfg: DictConfig):
+        check_at_least(cfg, self.minimums)
         self.cfg = cfg
         self._data_prepared = False
 

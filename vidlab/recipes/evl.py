@@ -175,6 +175,7 @@ class EvlRecipe(Recipe):
     name = "evl"
     config_class = EvlTrainConfig
     default_monitor = "val/top1"
+    minimums = {"data.batch_size": 1, "data.num_frames": 1, "data.sampling_rate": 1, "eval.spatial_views": 1, "eval.temporal_views": 1}
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

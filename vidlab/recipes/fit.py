@@ -280,6 +280,7 @@ class FitRecipe(Recipe):
     name = "fit"
     config_class = FitTrainConfig
     default_monitor = "val/all/rsum"
+    minimums = {"data.num_frames": 1, "text.max_length": 1, "eval.chunk_size": 1, "eval.sliding_window_stride": 1}
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

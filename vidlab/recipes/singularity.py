@@ -447,22 +447,18 @@ def item_subsets(records: Sequence[MediaRecord], index: Tensor) -> dict[str, Ten
 class SingularityRecipe(Recipe):
     name = "singularity"
     config_class = SingularityTrainConfig
+    minimums = {"data.num_frames": 1, "data.num_frames_test": 1, "eval.k_test": 1, "eval.pairs_per_call": 1}
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         if cfg.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
         check_ensemble(cfg.eval.frame_ensemble)
-        if cfg.data.num_frames < 1 or cfg.data.num_frames_test < 1:
-            raise ConfigError("data.num_frames and data.num_frames_test must be >= 1")
         if cfg.eval.frame_ensemble != "concat" and cfg.data.num_frames != 1:
             raise ConfigError(
                 f"eval.frame_ensemble={cfg.eval.frame_ensemble!r} scores test frames one by one, which needs single-frame "
                 f"training (data.num_frames=1, not {cfg.data.num_frames}); use 'concat'"
             )
-        for key in ("k_test", "pairs_per_call", "batch_size"):
-            if cfg.eval[key] < 1:
-                raise ConfigError(f"eval.{key} must be >= 1, got {cfg.eval[key]}")
         self.task: str = cfg.task
         self.default_monitor = MONITOR[self.task]  # type: ignore[misc]
         self._tokenizer: Any = None

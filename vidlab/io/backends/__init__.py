@@ -77,15 +77,21 @@ def available_backends() -> list[str]:
     return [name for name, (module, _, _) in _BACKENDS.items() if _importable(module)]
 
 
+def check_backend(name: str) -> str:
+    """`name` when it is a known backend whose library imports here: datasets check it when they are built, so a
+    bad name fails in the main process, not inside a data-loading worker."""
+    if name not in _BACKENDS:
+        raise BackendUnavailableError(f"unknown video backend {name!r}; known: {', '.join(_BACKENDS)}")
+    module, _, install = _BACKENDS[name]
+    if not _importable(module):
+        raise BackendUnavailableError(f"video backend {name!r} is not installed or fails to import ({install})")
+    return name
+
+
 @functools.cache
 def get_backend(name: str) -> VideoBackend:
     """The (shared) backend instance called `name`."""
-    if name not in _BACKENDS:
-        raise BackendUnavailableError(f"unknown video backend {name!r}; known: {', '.join(_BACKENDS)}")
-    module, factory, install = _BACKENDS[name]
-    if not _importable(module):
-        raise BackendUnavailableError(f"video backend {name!r} is not installed or fails to import ({install})")
-    return factory()
+    return _BACKENDS[check_backend(name)][1]()
 
 
-__all__ = ["DEFAULT_BACKEND", "BackendUnavailableError", "VideoBackend", "available_backends", "get_backend"]
+__all__ = ["DEFAULT_BACKEND", "BackendUnavailableError", "VideoBackend", "available_backends", "check_backend", "get_backend"]
