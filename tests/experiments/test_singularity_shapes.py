@@ -269,8 +269,9 @@ def test_bad_plans_are_one_line_errors(tmp_path, capsys):
     assert main(["experiment", "singularity-shapes", "--plan", str(plan), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
     assert "colour" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    assert main(["experiment", "singularity-shapes", "--quick", "--jobs", "0", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
-    assert "--jobs must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["experiment", "singularity-shapes", "--quick", "--jobs", "0", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")])
+    assert usage.value.code == 2 and "argument --jobs: must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
 
 

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from vidlab.cli._group import at_least
+
 DEFAULT_WORKDIR = Path("bench_out") / "data_videos"
 
 
@@ -32,10 +34,10 @@ def register(subparsers) -> None:
         "--workdir", type=Path, default=DEFAULT_WORKDIR, metavar="DIR",
         help=f"cache folder of the generated set (default: {DEFAULT_WORKDIR})",
     )
-    parser.add_argument("--num-videos", type=int, default=8, metavar="N", help="size of the generated set (default: 8)")
-    parser.add_argument("--clips", type=int, default=32, metavar="N", help="clips per setup and method (default: 32)")
+    parser.add_argument("--num-videos", type=at_least(1), default=8, metavar="N", help="size of the generated set (default: 8)")
+    parser.add_argument("--clips", type=at_least(1), default=32, metavar="N", help="clips per setup and method (default: 32)")
     parser.add_argument(
-        "--workers", type=int, nargs="+", default=default_workers(), metavar="N",
+        "--workers", type=at_least(0), nargs="+", default=default_workers(), metavar="N",
         help="DataLoader worker counts (default: 0 and the core count)",
     )
     parser.add_argument("--setups", nargs="+", metavar="NAME", help="sampling setups: fit, evl, gdt (default: all)")

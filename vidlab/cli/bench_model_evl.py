@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from vidlab.cli._group import at_least
+
 # vidlab.bench.model_evl.BACKBONE_MODES, spelt out so that `vidlab --help` does not import torch
 BACKBONE_MODES = ("frozen", "fine-tuned")
 
@@ -20,10 +22,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="evl-tiny", help="registered EVL model name or YAML (default: evl-tiny)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--frames", type=at_least(1), default=None, help="frames per clip (default: the model's)")
+    parser.add_argument("--steps", type=at_least(1), default=5, help="timed steps (default: 5)")
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="32", choices=("32", "bf16", "fp16"))
     parser.add_argument(

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from vidlab.cli._group import at_least
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("fit", help="Frozen in Time training-step speed and memory", description=__doc__)
     parser.add_argument("--model", default="fit-tiny", help="registered model name or YAML (default: fit-tiny)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--frames", type=at_least(1), default=4)
+    parser.add_argument("--steps", type=at_least(1), default=5, help="timed steps (default: 5)")
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="32", choices=("32", "bf16", "fp16"))
     parser.add_argument(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from vidlab.cli._group import at_least
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,16 +25,16 @@ def register(subparsers) -> None:
         "(default: 1 4; none: skip training)",
     )
     parser.add_argument("--task", default="pretrain", choices=("pretrain", "retrieval"), help="losses of the training step (default: pretrain = ITC+ITM+MLM)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default: 2)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--steps", type=at_least(1), default=5, help="timed training steps (default: 5)")
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="untimed training steps first (default: 2)")
     parser.add_argument(
         "--k", type=int, nargs="*", default=[16, 128],
         help="re-ranked candidates per query (default: 16 128); an ITC-only row comes with them; --k with no value skips the test-time rows",
     )
-    parser.add_argument("--videos", type=int, default=256, help="test videos (default: 256)")
-    parser.add_argument("--texts", type=int, default=256, help="test texts (default: 256)")
-    parser.add_argument("--test-frames", type=int, default=4, help="test frames per video, one memory (default: 4)")
+    parser.add_argument("--videos", type=at_least(1), default=256, help="test videos (default: 256)")
+    parser.add_argument("--texts", type=at_least(1), default=256, help="test texts (default: 256)")
+    parser.add_argument("--test-frames", type=at_least(1), default=4, help="test frames per video, one memory (default: 4)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="32", choices=("32", "bf16", "fp16"))
     parser.set_defaults(func=run)

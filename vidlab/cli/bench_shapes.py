@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vidlab.cli._group import at_least
+
 DEFAULT_SIZE = "small"
 
 
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--size", default=DEFAULT_SIZE,
                         help=f"size to generate if --data is missing (default: {DEFAULT_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="seed to generate with if --data is missing (default: 0)")
-    parser.add_argument("--threads", type=int, default=2, help="decoding threads (default: 2)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="decoding threads (default: 2)")
     parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.set_defaults(func=run)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vidlab.cli._group import at_least
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("synth", help="generate the ShapesBench video-text corpus", description=__doc__)
@@ -17,8 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--size", default="tiny",
                         help="tiny (40 clips, for tests), small (2000 clips, for the demo) or large (default: tiny)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
-    parser.add_argument("--count", type=int, help="number of clips, overriding the size's default (e.g. for large)")
-    parser.add_argument("--workers", type=int, help="worker processes (default: all usable cores)")
+    parser.add_argument("--count", type=at_least(1), help="number of clips, overriding the size's default (e.g. for large)")
+    parser.add_argument("--workers", type=at_least(1), help="worker processes (default: all usable cores)")
     parser.add_argument("--overwrite", action="store_true", help="replace a ShapesBench dataset with other parameters")
     parser.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vidlab.cli._group import at_least
 from vidlab.data.shapesbench.generate import PRESETS
 
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--size", default="small", choices=sorted(PRESETS), help="ShapesBench size (default: small)")
     parser.add_argument("--seed", type=int, default=0, help="ShapesBench generation seed (default: 0)")
     parser.add_argument("--quick", action="store_true", help="a few steps per run: checks the pipeline, not the claims")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=at_least(1), default=1,
                         help="torch intra-op threads per run (default: 1; small models lose time to a second thread)")
     parser.set_defaults(func=run)
 

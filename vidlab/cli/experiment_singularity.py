@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidlab.cli._group import add_overrides
+from vidlab.cli._group import add_overrides, at_least
 from vidlab.data.shapesbench.generate import PRESETS
 from vidlab.errors import ConfigError
 
@@ -36,12 +36,12 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="ShapesBench tiny, a few steps per run: checks the pipeline, not the claim")
     parser.add_argument("--plan", type=Path, default=None, help="experiment plan YAML (default: configs/experiments/singularity_shapes/experiment.yaml, quick.yaml with --quick)")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads", type=at_least(1), default=None,
         help="torch CPU threads per process (default: torch's choice); 1 keeps a small or shared CPU from oversubscribing "
         "while data-loading workers decode",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs", type=at_least(1), default=1,
         help="trainings and evaluations run at once, each in its own process with its output in OUT/logs, as soon as "
         "the models they start from are trained (default: 1, in this process). The plan's models are small and data "
         "loading bounds them: on a GPU, several jobs with data.num_workers about cores / jobs or more",
@@ -75,7 +75,7 @@ def register(subparsers) -> None:
     direction.add_argument("--data", type=Path, default=Path("data/shapes_small"), help="ShapesBench folder (default: data/shapes_small)")
     direction.add_argument("--readouts", default=None,
                            help="comma-separated, of order, set, temporal_embed, temporal, template, template_choice (default: all)")
-    direction.add_argument("--steps", type=int, default=3000, help="training steps of 32 clips per readout (default: 3000)")
+    direction.add_argument("--steps", type=at_least(1), default=3000, help="training steps of 32 clips per readout (default: 3000)")
     direction.add_argument("--eval-at", default="250,500,1000,2000", help="steps to score at besides the last (default: 250,500,1000,2000)")
     direction.add_argument("--seed", type=int, default=0, help="readout initialisation and batch order (default: 0)")
     direction.add_argument("--lr", type=float, default=None,
@@ -103,8 +103,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     size = args.size or ("tiny" if args.quick else "small")
     data = args.data if args.data is not None else Path("data") / f"shapes_{size}"
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs must be 1 or more, got {args.jobs}")
     result = run_experiment(data, args.out, size=size, seed=args.seed, quick=args.quick, plan_file=args.plan, overrides=args.overrides,
                             jobs=args.jobs, threads=args.threads)
     print(f"\n{format_tables(result.results)}\n")
