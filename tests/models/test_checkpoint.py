@@ -172,6 +172,12 @@ def test_safetensors_without_config_needs_a_model_name(tmp_path):
     assert torch.equal(create_model("fit-tiny", checkpoint=tmp_path).video_proj.weight, model.video_proj.weight)
 
 
+def test_a_checkpoint_of_another_family_is_named_as_such(tmp_path):
+    save_vidlab_checkpoint(create_model("fit-tiny"), model_config("fit-tiny"), tmp_path)
+    with pytest.raises(CheckpointError, match="a 'frozen_in_time' model, but the config builds a 'singularity' one"):
+        create_model("singularity-tiny", checkpoint=tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # image ViT initialisation
 

@@ -78,6 +78,11 @@ def test_eval_of_a_checkpoint_file_uses_its_weights(trained):
     assert evaluate(last) == pytest.approx(trained.metrics)
 
 
+def test_eval_checkpoint_is_refused_beside_a_run_folder(trained, capsys):
+    assert main(["eval", str(trained.run_dir), "eval.checkpoint=elsewhere.ckpt"]) == 2
+    assert "eval.checkpoint picks the weights of a config YAML" in capsys.readouterr().err
+
+
 def test_eval_raises_on_a_bad_video(trained, shapes_root, tmp_path, capsys):
     bad = _with_missing_video(shapes_root, "test", tmp_path / "bad_test.json")
     assert main(["eval", str(trained.run_dir), f"data.test.annotations={bad}"]) == 2

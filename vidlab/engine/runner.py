@@ -439,6 +439,8 @@ def _eval_target(target: Path, overrides: Sequence[str]) -> tuple[DictConfig, Pa
         return cfg, Path(checkpoint) if checkpoint else None
     if not target.exists():
         raise ConfigError(f"{target}: no such config, run folder or checkpoint")
+    if any(override.partition("=")[0].strip() == "eval.checkpoint" for override in overrides):
+        raise ConfigError(f"eval.checkpoint picks the weights of a config YAML; {target} names its own (pass the checkpoint instead)")
     run_config = _find_run_config(target)
     cfg = load_train_config(run_config, overrides)
     if target.is_file():

@@ -189,7 +189,11 @@ def read_checkpoint(
             if _format_of(obj) is None:  # vidlab names; else a foreign safetensors file (e.g. HF CLIPModel)
                 if cfg is None and config_file is None:
                     raise CheckpointError(source, "no config.yaml beside the weights: pass the model name or config")
-                cfg = cfg if cfg is not None else typed_model_config(load_config(config_file))
+                saved = load_config(config_file) if config_file is not None else None
+                if cfg is None:
+                    cfg = typed_model_config(saved)
+                elif saved is not None and saved.get("family", cfg.family) != cfg.family:
+                    raise CheckpointError(source, f"a {saved.family!r} model, but the config builds a {cfg.family!r} one")
                 return cfg, MappedStateDict(obj), source
         elif Path(checkpoint).is_dir():
             raise CheckpointError(source, f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
