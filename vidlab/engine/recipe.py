@@ -41,6 +41,8 @@ class Recipe(ABC):
     config_class: ClassVar[type]
     default_monitor: ClassVar[str | None] = None
     minimums: ClassVar[dict[str, float]] = {}  # the recipe's own config sizes: key -> lowest valid value
+    # Steps that may leave parameters without a gradient (a part some batches skip): DDP must look for them.
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig):
         check_at_least(cfg, self.minimums)

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
@@ -163,8 +163,22 @@ def _devices(cfg: DictConfig) -> tuple[Any, int]:
     return devices, nodes
 
 
+def _process_count(cfg: DictConfig) -> int:
+    """How many training processes Lightning will run for `trainer.devices` x `trainer.num_nodes`."""
+    devices, nodes = _devices(cfg)
+    if isinstance(devices, (list, ListConfig)):
+        per_node = len(devices)
+    elif str(devices).lstrip("-").isdigit():
+        per_node = int(devices) if int(devices) >= 0 else torch.cuda.device_count()
+    else:  # auto: every visible GPU, one process on a CPU
+        per_node = torch.cuda.device_count() if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available() else 1
+    return max(1, per_node) * nodes
+
+
 def _strategy(cfg: DictConfig, recipe: Recipe) -> Any:
     if cfg.trainer.strategy != "fsdp":
+        if recipe.ddp_find_unused_parameters and cfg.trainer.strategy in ("auto", "ddp") and _process_count(cfg) > 1:
+            return "ddp_find_unused_parameters_true"
         return cfg.trainer.strategy
     from lightning.pytorch.strategies import FSDPStrategy
 

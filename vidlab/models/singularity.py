@@ -575,12 +575,16 @@ class Singularity(nn.Module):
         negatives = sample_itm_negatives(
             sim_v2t.detach(), sim_t2v.detach(), idx, idx, all_idx, all_idx, losses_cfg.itm_hard_negatives, generator
         )
+        states, mask = text.states, text.mask
+        if gathering:  # each process pads its captions to its longest: gather them at the longest of all
+            length = int(widen(torch.tensor([mask.shape[1]], device=mask.device)).max())
+            states, mask = F.pad(states, (0, 0, 0, length - mask.shape[1])), F.pad(mask, (0, length - mask.shape[1]))
         negative_memory = widen(memory)[negatives.video_for_text]
-        negative_text = widen(text.states)[negatives.text_for_video]
-        negative_mask = widen(text.mask)[negatives.text_for_video]
+        negative_text = widen(states)[negatives.text_for_video]
+        negative_mask = widen(mask)[negatives.text_for_video]
         logits = self.itm_logits(
-            torch.cat([text.states, text.states, negative_text]),
-            torch.cat([text.mask, text.mask, negative_mask]),
+            torch.cat([states, states, negative_text]),
+            torch.cat([mask, mask, negative_mask]),
             torch.cat([memory, negative_memory, memory]),
         )
         losses["loss_itm"] = losses_cfg.itm_weight * itm_loss(logits)

@@ -448,6 +448,9 @@ class SingularityRecipe(Recipe):
     name = "singularity"
     config_class = SingularityTrainConfig
     minimums = {"data.num_frames": 1, "data.num_frames_test": 1, "eval.k_test": 1, "eval.pairs_per_call": 1}
+    # as the official DDP: image batches skip the temporal parts, and `temporal_embeddings` exist unused without
+    # `add_temporal_embed`
+    ddp_find_unused_parameters = True
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
