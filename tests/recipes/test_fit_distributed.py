@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 from _fit_setup import loss_curve, read_weights, tiny_config, write_config
+from _torchrun import torchrun_train
 
 from vidlab.engine.config import load_train_config
 from vidlab.engine.runner import train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process(tmp_path, shapes_root, text_folder_no_dropout):
@@ -29,13 +19,7 @@ def test_two_processes_match_one_process(tmp_path, shapes_root, text_folder_no_d
     config["model"]["video"]["time_init"] = "rand"
     path = write_config(tmp_path / "ddp.yaml", config)
 
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "vidlab.cli.main", "train", str(path), f"run_dir={tmp_path / 'two'}",
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
+    done = torchrun_train(path, tmp_path / "two")
     assert done.returncode == 0, done.stderr[-3000:]
 
     one = train(load_train_config(path, [f"run_dir={tmp_path / 'one'}"]))
