@@ -4,10 +4,12 @@ tower, the choice scores."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
+from vidlab.data.shapesbench import OPPOSITE
 from vidlab.errors import ConfigError
 from vidlab.experiments.singularity_direction import (
     TEST_FRAMES,
@@ -22,6 +24,7 @@ from vidlab.experiments.singularity_direction import (
     train_readout,
 )
 from vidlab.models import create_model, model_config
+from vidlab.models.checkpoint import save_vidlab_checkpoint
 from vidlab.models.factory import apply_overrides
 from vidlab.models.singularity import VideoFeatures, encode_across_time
 
@@ -86,6 +89,16 @@ def test_bad_readouts_and_folders_are_config_errors(tmp_path):
         run_direction_probe(tmp_path, tmp_path, ["order"], lr=-1.0)
     with pytest.raises(ConfigError, match="not a ShapesBench folder|ShapesBench folder"):
         run_direction_probe(tmp_path, tmp_path, ["order"])
+
+
+def test_a_model_of_another_family_is_named_before_any_override(tmp_path):
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    motion = next(iter(OPPOSITE))
+    (data / "annotations" / "motion_classes.json").write_text(json.dumps([motion, OPPOSITE[motion]]))
+    save_vidlab_checkpoint(create_model("fit-tiny"), model_config("fit-tiny"), tmp_path / "fit")
+    with pytest.raises(ConfigError, match="a frozen_in_time model, not a singularity one"):
+        run_direction_probe(tmp_path / "fit", data, ["order"])
 
 
 def tiny_temporal(**overrides):
