@@ -206,3 +206,10 @@ def test_vit_layout_pools_the_cls_token_and_resizes_its_position_embeddings():
     created = create_model_with_report(apply_overrides(model.cfg, {"vision.image_size": 48}), checkpoint=state)
     assert created.report.ok
     assert "vision_encoder.embeddings.position_embeddings (1, 17, 64) -> (1, 37, 64), bicubic" in created.report.adapted
+
+
+def test_a_temporal_encoder_needs_the_vision_width_to_split_into_the_text_heads():
+    sizes = {"text.num_attention_heads": 32, "vision.hidden_size": 48}  # 64-wide text: 32 heads of 2
+    with pytest.raises(ConfigError, match="vision width 48 is not a multiple of the text's 32 attention heads"):
+        tiny(**sizes, **{"temporal_vision_encoder.enable": True})
+    assert tiny(**sizes).temporal_vision_encoder is None  # without a temporal encoder the widths are free

@@ -403,6 +403,12 @@ class Singularity(nn.Module):
         check_ensemble(cfg.eval.frame_ensemble)
         if cfg.num_frames < 1:
             raise ConfigError(f"num_frames must be >= 1, got {cfg.num_frames}")
+        heads, width = cfg.text.num_attention_heads, cfg.vision.hidden_size
+        if cfg.temporal_vision_encoder.enable and width % heads:
+            raise ConfigError(
+                f"temporal_vision_encoder: the vision width {width} is not a multiple of the text's {heads} attention heads "
+                "(the temporal encoder is made of BERT layers of the text's sizes at the vision width, as officially)"
+            )
         self.cfg = cfg
         vision_cfg = VisionTowerConfig(**OmegaConf.to_container(cfg.vision))  # type: ignore[arg-type]
         self.vision_encoder = VisionTower(vision_cfg, with_pooler=cfg.task != "qa")
