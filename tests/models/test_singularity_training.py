@@ -213,3 +213,18 @@ def test_a_temporal_encoder_needs_the_vision_width_to_split_into_the_text_heads(
     with pytest.raises(ConfigError, match="vision width 48 is not a multiple of the text's 32 attention heads"):
         tiny(**sizes, **{"temporal_vision_encoder.enable": True})
     assert tiny(**sizes).temporal_vision_encoder is None  # without a temporal encoder the widths are free
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"embed_dim": 0}, "embed_dim must be >= 1, got 0"),
+        ({"text.max_length": 0}, "text.max_length must be >= 1, got 0"),
+        ({"losses.mlm_prob": 1.5}, r"losses.mlm_prob must be in \(0, 1\], got 1.5"),
+        ({"vision.drop_path_rate": 1.0}, r"vision.drop_path_rate must be in \[0, 1\), got 1.0"),
+        ({"vision.attention_probs_dropout_prob": -0.1}, r"vision.attention_probs_dropout_prob must be in \[0, 1\)"),
+    ],
+)
+def test_out_of_range_sizes_and_rates_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(**overrides)

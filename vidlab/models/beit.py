@@ -279,6 +279,9 @@ class VisionTower(nn.Module):
             raise ConfigError(
                 f"vision.hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_attention_heads}"
             )
+        for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(cfg, name) < 1.0:
+                raise ConfigError(f"vision.{name} must be in [0, 1), got {getattr(cfg, name)}")
         self.image_size = cfg.image_size
         self.grid_size = cfg.image_size // cfg.patch_size
         self.hidden_size = cfg.hidden_size

@@ -403,6 +403,11 @@ class Singularity(nn.Module):
         check_ensemble(cfg.eval.frame_ensemble)
         if cfg.num_frames < 1:
             raise ConfigError(f"num_frames must be >= 1, got {cfg.num_frames}")
+        for name, value in (("embed_dim", cfg.embed_dim), ("text.max_length", cfg.text.max_length)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not 0.0 < cfg.losses.mlm_prob <= 1.0:
+            raise ConfigError(f"losses.mlm_prob must be in (0, 1], got {cfg.losses.mlm_prob}")
         heads, width = cfg.text.num_attention_heads, cfg.vision.hidden_size
         if cfg.temporal_vision_encoder.enable and width % heads:
             raise ConfigError(
