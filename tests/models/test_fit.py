@@ -35,6 +35,22 @@ def test_bad_names_and_overrides_are_config_errors():
         create_model({"family": "nope"})
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"video.patch_size": 7}, "video.img_size 32 is not a multiple of patch_size 7"),
+        ({"video.time_init": "ones"}, "video.time_init must be 'zeros' or 'rand'"),
+        ({"video.num_frames": 0}, "video.num_frames must be >= 1, got 0"),
+        ({"video.drop_path_rate": 1.5}, r"video.drop_path_rate must be in \[0, 1\), got 1.5"),
+        ({"video.num_heads": 3}, "width 64 is not divisible by num_heads 3"),
+        ({"projection_dim": 0}, "projection_dim must be >= 1, got 0"),
+    ],
+)
+def test_out_of_range_architecture_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("fit-tiny", **overrides)
+
+
 def test_official_checkpoint_keys_land_on_the_right_parameters(official_4f):
     path, state = official_4f
     model = create_model("fit-tiny", checkpoint=path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidlab.errors import ConfigError
+
 
 def attend(
     query: Tensor,
@@ -53,7 +55,7 @@ class MultiHeadSelfAttention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = qk_scale  # None: head_dim ** -0.5, applied inside SDPA
         self.attn_drop = attn_drop

@@ -66,6 +66,8 @@ class FrozenInTime(nn.Module):
         super().__init__()
         if projection not in PROJECTIONS:
             raise ConfigError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        if projection_dim < 1:
+            raise ConfigError(f"projection_dim must be >= 1, got {projection_dim}")
         self.video_encoder = video_encoder
         self.text_encoder = text_encoder
         self.projection = projection

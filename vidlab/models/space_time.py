@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vidlab.errors import ConfigError
 from vidlab.models.attention import MultiHeadSelfAttention
 from vidlab.models.errors import ModelInputError
 from vidlab.models.layers import DropPath, Mlp
@@ -138,9 +139,14 @@ class SpaceTimeTransformer(nn.Module):
     ):
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+            raise ConfigError(f"video.img_size {img_size} is not a multiple of patch_size {patch_size}")
         if time_init not in ("zeros", "rand"):
-            raise ValueError(f"time_init must be 'zeros' or 'rand', got {time_init!r}")
+            raise ConfigError(f"video.time_init must be 'zeros' or 'rand', got {time_init!r}")
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"video.{name} must be in [0, 1), got {rate}")
+        if num_frames < 1:
+            raise ConfigError(f"video.num_frames must be >= 1, got {num_frames}")
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_frames = num_frames

@@ -284,6 +284,8 @@ class FitRecipe(Recipe):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
+        if not cfg.loss.temperature > 0:
+            raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature}")
         self._tokenizer: Any = None
         self._device: torch.device | None = None
 
