@@ -249,3 +249,18 @@ def test_model_without_temporal_modules_still_builds_and_runs():
     assert all(getattr(model.decoder, prefix.split(".")[1]) is None for prefix in SWITCHES.values())
     with torch.no_grad():
         assert model(torch.randn(1, 4, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"decoder.num_layers": 9}, r"decoder.num_layers must be in \[1, 3\], got 9"),
+        ({"decoder.qkv_dim": 0}, "decoder.qkv_dim must be >= 1, got 0"),
+        ({"decoder.num_heads": 5}, "decoder.qkv_dim 128 is not divisible by decoder.num_heads 5"),
+        ({"decoder.mlp_dropout": 1.5}, r"decoder.mlp_dropout must be in \[0, 1\), got 1.5"),
+        ({"cls_dropout": -1.0}, r"cls_dropout must be in \[0, 1\), got -1.0"),
+    ],
+)
+def test_out_of_range_decoder_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("evl-tiny", **overrides)

@@ -397,6 +397,11 @@ def build_evl(cfg: DictConfig, init_weights: bool = True) -> EVL:
     backbone = CLIPVisionTower(**vision_tower_kwargs(backbone_cfg), embed_dim=None, patch_bias=True)
     if not 1 <= cfg.decoder.num_layers <= backbone_cfg.layers:
         raise ConfigError(f"decoder.num_layers must be in [1, {backbone_cfg.layers}], got {cfg.decoder.num_layers}")
+    if cfg.decoder.qkv_dim < 1:
+        raise ConfigError(f"decoder.qkv_dim must be >= 1, got {cfg.decoder.qkv_dim}")
+    for name, rate in (("decoder.mlp_dropout", cfg.decoder.mlp_dropout), ("cls_dropout", cfg.cls_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {rate}")
     decoder = EVLDecoder(
         num_frames=cfg.num_frames,
         grid_size=backbone.grid_size,
