@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidlab import golden
+from vidlab.errors import ConfigError
 from vidlab.models import create_model, create_model_with_report, model_config
 from vidlab.models.clip_weights import load_clip_weights
 from vidlab.models.errors import CheckpointError, ModelInputError, StateDictMismatchError, UnsafeCheckpointError
@@ -288,6 +289,11 @@ def test_text_tower_pools_end_of_text_and_accepts_shorter_contexts(clip_case):
 def test_bad_inputs_raise_model_input_errors(bad, match):
     with pytest.raises(ModelInputError, match=match):
         bad(create_model("clip-tiny"))
+
+
+def test_a_zero_wide_embedding_is_a_config_error():
+    with pytest.raises(ConfigError, match="embed_dim must be >= 1, got 0"):
+        create_model("clip-tiny", embed_dim=0)
 
 
 def test_load_clip_weights_reports_what_was_dropped(clip_case):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from vidlab.errors import ConfigError
 from vidlab.models.attention import MultiHeadSelfAttention
 from vidlab.models.errors import ModelInputError
 from vidlab.models.factory import ModelFamily, register_family
@@ -311,6 +312,8 @@ def build_clip(cfg: DictConfig, init_weights: bool = True) -> CLIP:
 
     `init_weights` is part of the family interface; CLIP has no separate pretrained initialisation.
     """
+    if cfg.embed_dim < 1:
+        raise ConfigError(f"embed_dim must be >= 1, got {cfg.embed_dim}")
     text: dict[str, Any] = OmegaConf.to_container(cfg.text)  # type: ignore[assignment]
     return CLIP(
         CLIPVisionTower(**vision_tower_kwargs(cfg.vision), embed_dim=cfg.embed_dim),
