@@ -83,3 +83,9 @@ def test_epochs_may_be_unbounded_when_steps_bound_the_run(tmp_path):
 def test_a_stage_with_an_out_of_range_number_is_caught_too(tmp_path):
     with pytest.raises(ConfigError, match="optim.lr must be >= 0"):
         load_train_config(_write(tmp_path, BASE + "stages:\n  - {name: one, optim: {lr: -1.0}}\n"))
+
+
+def test_an_unset_required_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"required config values not set: text.tokenizer \(set them in the YAML or as KEY=VALUE\)"):
+        load_train_config(_write(tmp_path, "recipe: fit\nname: s\n"))
+    assert load_train_config(_write(tmp_path, "recipe: fit\nname: s\n"), ["text.tokenizer=somewhere"]).text.tokenizer == "somewhere"

@@ -243,6 +243,13 @@ def test_bad_input_is_a_config_error(shapes_root, clip_folder, tmp_path, changes
         recipe.eval_set("test")
 
 
+def test_auto_classes_without_names_or_labelled_splits_is_a_config_error(shapes_root, clip_folder, tmp_path):
+    changes = {"model.num_classes": "auto", "data.class_names": None, "data.train": None, "data.val": None, "data.test": None}
+    recipe = recipe_of(_with(tiny_config(shapes_root, clip_folder, tmp_path), changes), tmp_path)
+    with pytest.raises(ConfigError, match="model.num_classes 'auto' counts the classes of data.class_names or of the labelled splits"):
+        recipe.build_model(None)
+
+
 def test_cli_reports_a_bad_config_in_one_line(shapes_root, clip_folder, tmp_path, capsys):
     config = _with(tiny_config(shapes_root, clip_folder, tmp_path), {"model.num_classes": 3, "data.class_names": None})
     assert main(["train", str(write(tmp_path / "bad.yaml", config))]) == 2

@@ -194,7 +194,11 @@ def check_at_least(cfg: DictConfig, minimums: Mapping[str, float]) -> None:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
 
 
-def _validate_numbers(cfg: DictConfig) -> None:
+def _validate(cfg: DictConfig) -> None:
+    """Every required value set, and every number and choice in range: before anything runs."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"required config values not set: {', '.join(missing)} (set them in the YAML or as KEY=VALUE)")
     t, s = cfg.trainer, cfg.schedule
     if str(t.precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
@@ -237,7 +241,7 @@ def resolve_stages(cfg: DictConfig) -> list[Stage]:
     base = copy.deepcopy(cfg)
     base.stages = []
     if not entries:
-        _validate_numbers(base)
+        _validate(base)
         return [Stage(0, "train", base)]
     stages = []
     for index, entry in enumerate(entries):
@@ -254,6 +258,6 @@ def resolve_stages(cfg: DictConfig) -> list[Stage]:
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None)
             raise ConfigError(f"stages[{index}] ({name}): {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
-        _validate_numbers(merged)  # type: ignore[arg-type]
+        _validate(merged)  # type: ignore[arg-type]
         stages.append(Stage(index, name, merged))  # type: ignore[arg-type]
     return stages

@@ -234,6 +234,8 @@ class EvlRecipe(Recipe):
         if names is not None:
             return len(names)
         labels = [r.label for split in self._configured_splits() for r in self.records(split)]
+        if not labels:
+            raise ConfigError("model.num_classes 'auto' counts the classes of data.class_names or of the labelled splits: set one")
         return max(labels) + 1  # type: ignore[type-var, operator]
 
     def _configured_splits(self) -> list[str]:
