@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vidlab import golden
-from vidlab.models import create_model, create_model_with_report, save_vidlab_checkpoint
+from vidlab.models import create_model, create_model_with_report, model_config, save_vidlab_checkpoint
 from vidlab.models.beit import beit_relative_position_index
 from vidlab.models.errors import StateDictMismatchError
 from vidlab.models.factory import apply_overrides
@@ -198,6 +198,23 @@ def test_qa_model_from_a_pretraining_checkpoint_gets_its_decoder_from_the_fusion
     for j in range(2):
         torch.testing.assert_close(decoder.encoder.layer[j].state_dict(), encoder.encoder.layer[2 + j].state_dict())
     torch.testing.assert_close(decoder.cls.predictions.bias, pretrain["text_encoder.cls.predictions.bias"])
+
+
+def test_a_decoder_from_fusion_layers_of_narrower_frames_keeps_its_own_memory_projections():
+    """The fusion layers' cross-attention reads 32-wide frames, the decoder's reads 64-wide question states:
+    those key/value projections keep their init (reported); everything else is copied."""
+    retrieval = create_model("singularity-tiny", **{"vision.hidden_size": 32})
+    cfg = apply_overrides(model_config("singularity-tiny"), {"vision.hidden_size": 32, "task": "qa", "qa.decoder_layers": 2})
+    created = create_model_with_report(cfg, checkpoint=retrieval.state_dict())
+    assert created.report.ok
+    assert any("key/value projections keep their init" in note and "32-wide frames" in note for note in created.report.adapted)
+    source, decoder = retrieval.text_encoder.encoder.layer, created.model.text_decoder.encoder.layer
+    for j in range(2):
+        copied, own = source[2 + j].state_dict(), decoder[j].state_dict()
+        assert own["crossattention.self.key.weight"].shape == (64, 64) and copied["crossattention.self.key.weight"].shape == (64, 32)
+        for name, tensor in own.items():
+            if not name.startswith(("crossattention.self.key.", "crossattention.self.value.")):
+                torch.testing.assert_close(tensor, copied[name])
 
 
 def test_temporal_checkpoint_into_a_single_frame_model_is_an_error_listing_the_temporal_keys(temporal_case):

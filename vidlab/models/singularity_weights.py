@@ -13,7 +13,9 @@ written into the load report:
   fusion layers (`text_encoder` layers fusion_layer.. -> decoder layers 0..), the embeddings and the MLM
   head, as the official `setup_model(has_decoder=True)` does with its hard-coded 9 (a retrieval
   checkpoint has no MLM head: the decoder's LM head transform and bias keep their init, listed in the
-  report); the retrieval heads and the BEiT pooler, which a QA model does not have, are dropped;
+  report; when the frames are narrower or wider than the text, the fusion layers' cross-attention key/value
+  projections cannot read the question states and the decoder keeps its own); the retrieval heads and the
+  BEiT pooler, which a QA model does not have, are dropped;
 - `temporal_embeddings` are zero-padded or truncated to the model's frame count;
 - BEiT relative-position-bias tables are interpolated to a new patch grid (BEiT's geometric-progression
   resampling with an interpolating bicubic spline, what the official `scipy.interpolate.interp2d(kind=
@@ -440,6 +442,8 @@ def interpolate_position_embeddings(pos_embed: Tensor, dst_grid: int) -> Tensor:
 # Fitting a vidlab-named state dict to a model config
 
 _RETRIEVAL_HEADS = re.compile(r"temp|(vision_proj|text_proj|itm_head)\..+")
+# a fusion layer's cross-attention key/value: their input width is the memory's
+_DECODER_MEMORY_PROJECTION = re.compile(r"crossattention\.self\.(key|value)\.(weight|bias)")
 
 
 def _drop(tensors: dict[str, Tensor], keys: list[str], why: str, notes: list[str]) -> None:
@@ -459,10 +463,13 @@ def _decoder_from_fusion_layers(cfg: DictConfig, tensors: dict[str, Tensor], not
             f"{depth} decoder layers cannot come from layers {fusion}.. of a {cfg.text.num_hidden_layers}-layer encoder",
         )
     layer = re.compile(r"text_encoder\.encoder\.layer\.(\d+)\.(.+)")
+    frames_width, question_width = cfg.vision.hidden_size, cfg.text.hidden_size
     copied = 0
     for key in list(tensors):
         match = layer.fullmatch(key)
         if match and fusion <= int(match.group(1)) < fusion + depth:
+            if frames_width != question_width and _DECODER_MEMORY_PROJECTION.fullmatch(match.group(2)):
+                continue  # these read the frames; the decoder's read the question states
             tensors[f"text_decoder.encoder.layer.{int(match.group(1)) - fusion}.{match.group(2)}"] = tensors[key]
             copied += 1
         elif key.startswith(("text_encoder.embeddings.", "text_encoder.cls.")):
@@ -474,6 +481,11 @@ def _decoder_from_fusion_layers(cfg: DictConfig, tensors: dict[str, Tensor], not
         what = "embeddings copied; no MLM head in the checkpoint, the LM head transform keeps its init"
     else:
         what = "embeddings and MLM head copied"
+    if frames_width != question_width:
+        what += (
+            f"; the cross-attention key/value projections keep their init (the fusion layers read {frames_width}-wide "
+            f"frames, the decoder reads {question_width}-wide question states)"
+        )
     notes.append(
         f"text_decoder initialised from the checkpoint's text encoder ({copied} tensors): layers "
         f"{fusion}..{fusion + depth - 1} -> decoder layers 0..{depth - 1}, {what}"
@@ -615,10 +627,13 @@ def load_tower_weights(
 def singularity_allowed_missing(cfg: DictConfig) -> tuple[str, ...]:
     """The temporal encoder may be absent from a checkpoint: the official code initialises it randomly
     when a single-frame checkpoint starts a temporal model. A QA decoder made from a retrieval
-    checkpoint's fusion layers has no LM head transform to copy (`_decoder_from_fusion_layers`)."""
+    checkpoint's fusion layers has no LM head transform to copy, nor, when the vision and text widths differ,
+    cross-attention key/value projections of the question's width (`_decoder_from_fusion_layers`)."""
     allowed = (r"temporal_vision_encoder\..+",) if cfg.temporal_vision_encoder.enable else ()
     if cfg.task == "qa":
         allowed += tuple(f"text_decoder\\.{pattern}" for pattern in _LM_HEAD_OWN_INIT)
+        if cfg.vision.hidden_size != cfg.text.hidden_size:
+            allowed += (r"text_decoder\.encoder\.layer\.\d+\." + _DECODER_MEMORY_PROJECTION.pattern,)
     return allowed
 
 
