@@ -10,6 +10,9 @@ from omegaconf import OmegaConf
 
 from vidlab.cli.main import main
 from vidlab.experiments.evl_shapes import VARIANTS, Variant, backbone_overrides
+from vidlab.models import create_model, model_config
+from vidlab.models.checkpoint import save_vidlab_checkpoint
+from vidlab.models.factory import apply_overrides
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,9 @@ def test_variant_and_backbone_overrides(tmp_path):
     assert "model.backbone.freeze=false" in Variant("motion", temporal=True, finetune=True).overrides()
     assert not any(o.startswith("optim.lr=") for o in overrides)  # the config's rate unless the variant sets one
     assert "optim.lr=0.0003" in Variant("motion", temporal=True, finetune=True, lr=3e-4).overrides()
-    OmegaConf.save(OmegaConf.create({"vision": {"image_size": 64, "patch_size": 16, "width": 96, "layers": 3, "heads": 3, "mlp_ratio": 4.0}}), tmp_path / "config.yaml")
+    sizes = {"vision.image_size": 64, "vision.patch_size": 16, "vision.width": 96, "vision.layers": 3, "vision.heads": 3}
+    clip_cfg = apply_overrides(model_config("clip-tiny"), sizes)
+    save_vidlab_checkpoint(create_model(clip_cfg), clip_cfg, tmp_path)
     backbone = backbone_overrides(tmp_path)
     assert "model.backbone.width=96" in backbone and "model.decoder.qkv_dim=96" in backbone and "model.decoder.num_heads=3" in backbone
     assert f"model.backbone.weights={tmp_path}" in backbone

@@ -243,6 +243,19 @@ def test_bad_input_is_a_config_error(shapes_root, clip_folder, tmp_path, changes
         recipe.eval_set("test")
 
 
+def test_a_clip_run_as_backbone_brings_the_sizes_it_records(shapes_root, clip_folder, tmp_path, caplog):
+    """clip-tiny has 2 blocks, evl-tiny's backbone 3: naming the CLIP run's folder is enough."""
+    caplog.set_level("INFO")
+    config = _with(tiny_config(shapes_root, clip_folder, tmp_path), {"model.backbone": {"weights": str(clip_folder)}})
+    recipe = recipe_of(config, tmp_path)
+    assert recipe.model_config().backbone.layers == 2 and "model.backbone sizes from" in caplog.text
+    model, _ = recipe.build_model(None)
+    weights = load_file(str(clip_folder / "model.safetensors"))
+    assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, weights["visual.blocks.1.attn.qkv.weight"])
+    stated = _with(tiny_config(shapes_root, clip_folder, tmp_path), {"model.backbone": {"weights": str(clip_folder), "layers": 3}})
+    assert recipe_of(stated, tmp_path).model_config().backbone.layers == 3  # a size the config states is kept
+
+
 def test_auto_classes_without_names_or_labelled_splits_is_a_config_error(shapes_root, clip_folder, tmp_path):
     changes = {"model.num_classes": "auto", "data.class_names": None, "data.train": None, "data.val": None, "data.test": None}
     recipe = recipe_of(_with(tiny_config(shapes_root, clip_folder, tmp_path), changes), tmp_path)

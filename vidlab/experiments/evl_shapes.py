@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from vidlab.bench.common import markdown_table
 from vidlab.errors import ConfigError
 from vidlab.experiments.measure import RunMeasurement, measured_run
+from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.recipes.evl import CONFUSION_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -46,7 +47,6 @@ QUICK_CLIP_CONFIG = EXPERIMENT_CONFIGS / "clip_quick.yaml"  # --quick: a few ste
 QUICK_EVL_CONFIG = EXPERIMENT_CONFIGS / "evl_quick.yaml"
 TASKS = ("motion", "appearance")
 TEMPORAL_MODULES = ("temporal_conv", "temporal_pos_embed", "temporal_cross_attention")
-BACKBONE_KEYS = ("image_size", "patch_size", "width", "layers", "heads", "mlp_ratio")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 MEASUREMENT_FILE = "measurement.json"  # in each run folder
@@ -117,9 +117,9 @@ class ExperimentResult:
 def backbone_overrides(clip_model_dir: Path) -> list[str]:
     """EVL's backbone = the pretrained CLIP image tower: its sizes (decoder width and heads as the backbone's,
     EVL's rule) and its weights."""
-    vision = OmegaConf.load(clip_model_dir / "config.yaml").vision
-    sizes = [f"model.backbone.{key}={vision[key]}" for key in BACKBONE_KEYS]
-    decoder = [f"model.decoder.qkv_dim={vision.width}", f"model.decoder.num_heads={vision.heads}"]
+    vision = recorded_vision_sizes(clip_model_dir)
+    sizes = [f"model.backbone.{key}={value}" for key, value in vision.items()]
+    decoder = [f"model.decoder.qkv_dim={vision['width']}", f"model.decoder.num_heads={vision['heads']}"]
     return [*sizes, *decoder, f"model.backbone.weights={clip_model_dir}"]
 
 

@@ -301,10 +301,12 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.T
 
 
+VISION_TOWER_KEYS = ("image_size", "patch_size", "width", "layers", "heads", "mlp_ratio")
+
+
 def vision_tower_kwargs(vision: DictConfig | CLIPVisionConfig) -> dict[str, Any]:
     """`CLIPVisionTower` sizes of a vision config (the shared part of the CLIP and EVL configs)."""
-    keys = ("image_size", "patch_size", "width", "layers", "heads", "mlp_ratio")
-    return {key: getattr(vision, key) for key in keys}
+    return {key: getattr(vision, key) for key in VISION_TOWER_KEYS}
 
 
 def build_clip(cfg: DictConfig, init_weights: bool = True) -> CLIP:

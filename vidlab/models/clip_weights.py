@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from vidlab.config import load_config
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import (
     WEIGHTS_FILE,
@@ -46,7 +47,7 @@ from vidlab.models.checkpoint import (
     strip_prefix,
     vidlab_checkpoint_files,
 )
-from vidlab.models.clip import CLIP, FAMILY, HEAD_WIDTH
+from vidlab.models.clip import CLIP, FAMILY, HEAD_WIDTH, VISION_TOWER_KEYS
 from vidlab.models.errors import CheckpointError
 from vidlab.models.factory import register_checkpoint_format, typed_model_config
 from vidlab.models.torchscript import is_torchscript_archive, read_torchscript_state_dict
@@ -302,6 +303,18 @@ def clip_config_from_official(kwargs: Mapping[str, Any]) -> DictConfig:
     )
 
 
+def recorded_vision_sizes(source: str | Path) -> dict[str, Any]:
+    """The image tower's sizes a vidlab CLIP checkpoint records beside its weights (`config.yaml`); empty for any
+    other file, whose sizes only its tensors tell."""
+    files = vidlab_checkpoint_files(source)
+    if files is None or files[1] is None:
+        return {}
+    recorded = load_config(files[1])
+    if recorded.get("family") != FAMILY:
+        return {}
+    return {key: recorded.vision[key] for key in VISION_TOWER_KEYS if key in recorded.vision}
+
+
 def load_clip_weights(model: CLIP, source: str | Path | Mapping[str, Any]) -> LoadReport:
     """Load CLIP weights of any supported format (file or in-memory) into `model` strictly; returns the report."""
     state_dict, name = read_clip_state_dict(source)
@@ -340,6 +353,7 @@ __all__ = [
     "vision_tower_weights",
     "infer_clip_config",
     "clip_config_from_official",
+    "recorded_vision_sizes",
     "load_clip_weights",
     "is_clip_checkpoint",
     "convert_clip_checkpoint",

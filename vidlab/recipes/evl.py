@@ -48,6 +48,7 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.clip import ResidualAttentionBlock
+from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.models.evl import FAMILY, EVLDecoderLayer
 from vidlab.models.factory import (
     apply_overrides,
@@ -193,6 +194,13 @@ class EvlRecipe(Recipe):
         mc = apply_overrides(model_config(base), raw) if base else typed_model_config({"family": FAMILY, **raw})
         if mc.family != FAMILY:
             raise ConfigError(f"model.base {base!r} is a {mc.family!r} model; the evl recipe trains EVL models")
+        if mc.backbone.weights:  # a vidlab CLIP run's model folder: the backbone takes the sizes it records
+            given = raw.get("backbone") or {}
+            recorded = recorded_vision_sizes(mc.backbone.weights)
+            adopted = {k: v for k, v in recorded.items() if k not in given and mc.backbone[k] != v}
+            if adopted:
+                log.info("model.backbone sizes from %s: %s", mc.backbone.weights, adopted)
+                mc.backbone.update(adopted)
         frames = self.cfg.data.num_frames
         if frames is not None:
             if "num_frames" in raw and raw["num_frames"] != frames:
