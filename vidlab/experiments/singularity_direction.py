@@ -314,7 +314,7 @@ def run_direction_probe(
 
     from vidlab.data.shapesbench import OPPOSITE
     from vidlab.data.transforms import build_transform
-    from vidlab.models.factory import create_model_with_report, read_checkpoint
+    from vidlab.models.factory import apply_overrides, build_with_report, read_checkpoint
 
     unknown = sorted(set(readouts) - set(READOUTS))
     if unknown:
@@ -340,10 +340,10 @@ def run_direction_probe(
     opposite = torch.tensor([classes.index(OPPOSITE[name]) for name in classes])
     temporal = {"num_frames": len(TEST_FRAMES), "add_temporal_embed": True, "temporal_vision_encoder.enable": True,
                 "temporal_vision_encoder.update_pooler_embed": True}
-    family = read_checkpoint(checkpoint, None)[0].family  # before the temporal overrides, which only it has
-    if family != "singularity":
-        raise ConfigError(f"{checkpoint}: a {family} model, not a singularity one")
-    created = create_model_with_report(checkpoint=checkpoint, **temporal)
+    recorded, weights, source = read_checkpoint(checkpoint, None)
+    if recorded.family != "singularity":  # before the temporal overrides, which only a singularity config has
+        raise ConfigError(f"{checkpoint}: a {recorded.family} model, not a singularity one")
+    created = build_with_report(apply_overrides(recorded, temporal), weights, source)
     model = created.model.eval()
     captions = None
     if with_templates:

@@ -224,7 +224,12 @@ def create_model_with_report(
         cfg, mapped, source = read_checkpoint(checkpoint, cfg)
     elif cfg is None:
         raise ConfigError("create_model needs a model name, a config or a checkpoint")
-    cfg = apply_overrides(cfg, overrides)
+    return build_with_report(apply_overrides(cfg, overrides), mapped, source)
+
+
+def build_with_report(cfg: DictConfig, mapped: MappedStateDict | None = None, source: str | None = None) -> CreatedModel:
+    """Build the model `cfg` describes and, when given, load `mapped` (`read_checkpoint`'s weights) into it strictly:
+    for a caller that reads the checkpoint's config before deciding on the model's."""
     family = get_family(cfg.family)
     model = family.build(cfg, init_weights=mapped is None)
     report = None
