@@ -28,7 +28,7 @@ from vidlab.errors import ConfigError
 from vidlab.models.attention import attend, merge_heads, split_heads
 from vidlab.models.errors import ModelInputError
 from vidlab.models.evl import relative_offset_index
-from vidlab.models.layers import DropPath
+from vidlab.models.layers import DropPath, check_drop_rates
 
 VISION_ARCHS = ("beit", "vit")
 VISION_STEMS = ("patch", "conv")
@@ -279,9 +279,9 @@ class VisionTower(nn.Module):
             raise ConfigError(
                 f"vision.hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_attention_heads}"
             )
-        for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(cfg, name) < 1.0:
-                raise ConfigError(f"vision.{name} must be in [0, 1), got {getattr(cfg, name)}")
+        check_drop_rates(
+            {f"vision.{name}": getattr(cfg, name) for name in ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob")}
+        )
         self.image_size = cfg.image_size
         self.grid_size = cfg.image_size // cfg.patch_size
         self.hidden_size = cfg.hidden_size

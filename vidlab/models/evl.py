@@ -62,7 +62,7 @@ from vidlab.models.clip import (
 from vidlab.models.clip_weights import fuse_qkv_parts, map_clip_state_dict, read_clip_state_dict, vision_tower_weights
 from vidlab.models.errors import CheckpointError, ModelInputError
 from vidlab.models.factory import ModelFamily, register_checkpoint_format, register_family, typed_model_config
-from vidlab.models.layers import Mlp, QuickGELU
+from vidlab.models.layers import Mlp, QuickGELU, check_drop_rates
 
 logger = logging.getLogger(__name__)
 
@@ -399,9 +399,7 @@ def build_evl(cfg: DictConfig, init_weights: bool = True) -> EVL:
         raise ConfigError(f"decoder.num_layers must be in [1, {backbone_cfg.layers}], got {cfg.decoder.num_layers}")
     if cfg.decoder.qkv_dim < 1:
         raise ConfigError(f"decoder.qkv_dim must be >= 1, got {cfg.decoder.qkv_dim}")
-    for name, rate in (("decoder.mlp_dropout", cfg.decoder.mlp_dropout), ("cls_dropout", cfg.cls_dropout)):
-        if not 0.0 <= rate < 1.0:
-            raise ConfigError(f"{name} must be in [0, 1), got {rate}")
+    check_drop_rates({"decoder.mlp_dropout": cfg.decoder.mlp_dropout, "cls_dropout": cfg.cls_dropout})
     decoder = EVLDecoder(
         num_frames=cfg.num_frames,
         grid_size=backbone.grid_size,

@@ -1,9 +1,14 @@
-"""Small building blocks shared by the transformer models (MLP, activations, stochastic depth)."""
+"""Small building blocks shared by the transformer models (MLP, activations, stochastic depth, the check of
+their drop rates)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
+
+from vidlab.errors import ConfigError
 
 
 class QuickGELU(nn.Module):
@@ -55,3 +60,11 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def check_drop_rates(rates: Mapping[str, float]) -> None:
+    """ConfigError for the first dropout / stochastic-depth rate (config name -> value) outside [0, 1): a rate of
+    1 or more drops everything and its rescaling divides by zero."""
+    for name, rate in rates.items():
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {rate}")

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from vidlab.errors import ConfigError
 from vidlab.models.attention import MultiHeadSelfAttention
 from vidlab.models.errors import ModelInputError
-from vidlab.models.layers import DropPath, Mlp
+from vidlab.models.layers import DropPath, Mlp, check_drop_rates
 
 Axis = Literal["space", "time"]
 
@@ -142,9 +142,7 @@ class SpaceTimeTransformer(nn.Module):
             raise ConfigError(f"video.img_size {img_size} is not a multiple of patch_size {patch_size}")
         if time_init not in ("zeros", "rand"):
             raise ConfigError(f"video.time_init must be 'zeros' or 'rand', got {time_init!r}")
-        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= rate < 1.0:
-                raise ConfigError(f"video.{name} must be in [0, 1), got {rate}")
+        check_drop_rates({"video.drop_rate": drop_rate, "video.drop_path_rate": drop_path_rate})
         if num_frames < 1:
             raise ConfigError(f"video.num_frames must be >= 1, got {num_frames}")
         self.img_size = img_size
