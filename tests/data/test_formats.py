@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidlab.data.formats import MediaRecord, read_annotations
+from vidlab.data.formats import FILE_OPTIONS, READERS, MediaRecord, read_annotations, read_source
 from vidlab.errors import AnnotationError, ConfigError
 
 
@@ -161,6 +161,56 @@ def test_hmdb51_split_tags_select_train_or_test(tmp_path):
     test = read_annotations("hmdb51", splits, root=tmp_path / "hmdb", subset="test")
     assert [(r.path, r.label) for r in train] == [(str(tmp_path / "hmdb/wave/w1.avi"), 1)]
     assert [(Path(r.path).name, r.label) for r in test] == [("c1.avi", 0), ("w2.avi", 1)]
+
+
+def test_a_configured_source_reads_every_relative_path_under_the_data_root(tmp_path, msrvtt, monkeypatch):
+    """FiT's official layout: annotations, media root, split list and caption index all under data.root."""
+    ann, split = msrvtt
+    index = tmp_path / "structured-symlinks/jsfusion_val_caption_idx.pkl"
+    index.write_bytes(pickle.dumps({"video0": 1, "video2": 2}))
+    (tmp_path / "media").mkdir()
+    monkeypatch.chdir(tmp_path / "media")  # relative paths must not follow the working directory
+    records = read_source(
+        tmp_path,
+        "annotation/MSR_VTT.json",
+        "msrvtt",
+        "media",
+        split_list="structured-symlinks/val_list_jsfusion.txt",
+        fixed_captions=str(index),  # an absolute path stays as it is
+    )
+    assert [(r.path, r.captions) for r in records] == [
+        (str(tmp_path / "media/videos/all/video2.mp4"), ("v2 c2",)),
+        (str(tmp_path / "media/videos/all/video0.mp4"), ("v0 c1",)),
+    ]
+    assert read_source(tmp_path, ann, "msrvtt")[0].path == str(tmp_path / "videos/all/video0.mp4")  # media default: the root
+
+
+@pytest.mark.parametrize(
+    ("media_root", "options", "message"),
+    [
+        ("nope", {}, r"data.test.media_root: .*nope: file not found \(relative paths are under data.root"),
+        ("annotation/MSR_VTT.json", {}, r"data.test.media_root: .*MSR_VTT.json is not a folder"),
+        (None, {"split_list": "lists/val.txt"}, r"data.test.options.split_list: .*lists/val.txt: file not found"),
+    ],
+)
+def test_a_configured_source_names_the_setting_whose_path_is_missing(tmp_path, msrvtt, media_root, options, message):
+    with pytest.raises(ConfigError, match=message):
+        read_source(tmp_path, "annotation/MSR_VTT.json", "msrvtt", media_root, where="data.test", **options)
+    with pytest.raises(ConfigError, match=r"data.test.annotations: .*other.json: file not found"):
+        read_source(tmp_path, "annotation/other.json", "msrvtt", where="data.test")
+
+
+def test_every_reader_option_that_names_a_file_is_resolved_against_the_root():
+    """A new reader option typed as a path must join FILE_OPTIONS, or configs would read it from the working directory."""
+    import inspect
+
+    path_options = {
+        name
+        for reader in READERS.values()
+        for name, param in inspect.signature(reader).parameters.items()
+        if name not in ("path", "root") and "PathLike" in str(param.annotation)
+    }
+    assert path_options == FILE_OPTIONS
 
 
 # --------------------------------------------------------------------------- bad files

@@ -11,11 +11,13 @@ import torch
 from omegaconf import OmegaConf
 
 from vidlab import golden
+from vidlab.errors import ConfigError
 from vidlab.models import create_model, create_model_with_report, model_config, save_vidlab_checkpoint
 from vidlab.models.beit import beit_relative_position_index
 from vidlab.models.errors import StateDictMismatchError
 from vidlab.models.factory import apply_overrides
 from vidlab.models.singularity_weights import (
+    hub_vision_sizes,
     interpolate_relative_bias_table,
     not_a_knot_spline_matrix,
     singularity_config_from_official,
@@ -308,3 +310,18 @@ def test_relative_bias_interpolation_matches_the_official_interp2d_algorithm():
         spline = interpolate.RectBivariateSpline(x, x, table[:-3, head].view(7, 7).numpy().T, kx=3, ky=3, s=0)
         columns.append(torch.tensor(spline(dx, dx).T.reshape(-1), dtype=torch.float32))
     torch.testing.assert_close(got, torch.cat([torch.stack(columns, 1), table[-3:]]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_hub_image_tower_config_gives_every_size_but_the_image_size():
+    """As the official model builds its tower: the folder's config.json with the config's own `image_res`."""
+    from transformers import BeitConfig, ViTConfig
+
+    beit = hub_vision_sizes(BeitConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, patch_size=8).to_dict())
+    assert (beit["arch"], beit["hidden_size"], beit["num_hidden_layers"], beit["patch_size"]) == ("beit", 48, 2, 8)
+    assert "image_size" not in beit
+    vit = hub_vision_sizes(ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2).to_dict())
+    assert (vit["arch"], vit["use_relative_position_bias"], vit["use_absolute_position_embeddings"]) == ("vit", False, True)
+    with pytest.raises(ConfigError, match="a 'swin' model; Singularity's image tower is a BEiT or a ViT/DeiT"):
+        hub_vision_sizes({"model_type": "swin"})
+    with pytest.raises(ConfigError, match="shared relative position bias"):
+        hub_vision_sizes(BeitConfig(use_shared_relative_position_bias=True).to_dict())

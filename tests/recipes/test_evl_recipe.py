@@ -224,7 +224,7 @@ def _with(config: dict, changes: dict) -> dict:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"data.train.annotations": "annotations/missing.txt"}, "data.train.annotations: .*missing.txt not found"),
+        ({"data.train.annotations": "annotations/missing.txt"}, "data.train.annotations: .*missing.txt: file not found"),
         ({"model.num_classes": 3, "data.class_names": None}, "has label [3-7], but there are 3 classes"),
         ({"model.num_classes": 5}, "8 class names .* but model.num_classes=5"),
         ({"model.num_frames": 8}, "data.num_frames=4 but model.num_frames=8"),

@@ -111,6 +111,35 @@ def read_annotations(fmt: str, path: str | os.PathLike, root: str | os.PathLike 
     return records
 
 
+# Reader options that name a file; `read_source` resolves them against the data root like the annotations.
+FILE_OPTIONS = frozenset({"split_list", "fixed_captions", "class_index"})
+
+
+def read_source(
+    root: str | os.PathLike,
+    annotations: str | os.PathLike,
+    fmt: str,
+    media_root: str | os.PathLike | None = None,
+    *,
+    where: str = "data",
+    **options: Any,
+) -> list[MediaRecord]:
+    """The records of a data source a config names (`where`, e.g. `data.test`): `annotations`, `media_root`
+    and the options that name files (`FILE_OPTIONS`) are relative to `root` (the config's `data.root`) unless
+    absolute; media default to `root`. A missing file or folder is a `ConfigError` naming the setting."""
+    root = Path(root)
+    under = f"relative paths are under data.root {str(root)!r}"
+    paths = {"annotations": root / annotations, "media_root": root / (media_root or "")}
+    paths.update({f"options.{key}": root / options[key] for key in sorted(FILE_OPTIONS & set(options)) if options[key] is not None})
+    for setting, path in paths.items():
+        if not path.exists():
+            raise ConfigError(f"{where}.{setting}: {path}: file not found ({under})")
+    if not paths["media_root"].is_dir():
+        raise ConfigError(f"{where}.media_root: {paths['media_root']} is not a folder ({under})")
+    options.update({setting.removeprefix("options."): path for setting, path in paths.items() if setting.startswith("options.")})
+    return read_annotations(fmt, paths["annotations"], paths["media_root"], **options)
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 

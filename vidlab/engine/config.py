@@ -104,6 +104,24 @@ class ShapesBenchSourceConfig:
 
 
 @dataclass
+class SourceConfig:
+    """An annotation file (any `vidlab.data.formats` reader) and where its media live; read with
+    `vidlab.data.formats.read_source`, so relative paths are under `data.root`."""
+
+    annotations: str = MISSING
+    format: str = "singularity"
+    media_root: str | None = None  # default: data.root
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {kind: video}
+    image_frames: str = "single"  # an image is one frame (FiT)
+
+
+@dataclass
+class TrainSourceConfig(SourceConfig):
+    name: str = "video"
+    batch_size: int = 8  # global: summed over all processes
+
+
+@dataclass
 class DataConfig:
     """What the engine reads of a recipe's data section; recipes subclass it with their datasets."""
 

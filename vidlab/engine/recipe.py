@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vidlab.data.formats import MediaRecord, read_source
 from vidlab.engine import distributed
 from vidlab.engine.config import check_at_least, register_config
 from vidlab.engine.data import Collate, TrainSet
@@ -66,6 +67,14 @@ class Recipe(ABC):
         if distributed.world()[0] == 0:
             generate(self.cfg.data.root, source.size, source.seed, progress=False)
         distributed.barrier()
+
+    def read_records(self, source: DictConfig, where: str, fmt: str | None = None, **options: Any) -> list[MediaRecord]:
+        """The records of a configured source (`annotations`, `format`, `media_root`, `options`), its relative
+        paths under `data.root` (`vidlab.data.formats.read_source`); `fmt` and `options` add to the source's."""
+        self.prepare_data()
+        return read_source(
+            self.cfg.data.root, source.annotations, fmt or source.format, source.media_root, where=where, **{**source.options, **options}
+        )
 
     @abstractmethod
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:

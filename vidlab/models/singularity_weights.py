@@ -137,6 +137,28 @@ def _max_text_length(value: Any, default: int) -> int:
     return int(value) if isinstance(value, (int, float)) else default
 
 
+def _vision_fields(vision_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `model.vision` fields of a transformers BEiT/ViT config.json's content, refusing what the tower lacks."""
+    if vision_config.get("use_shared_relative_position_bias"):
+        raise ConfigError("a BEiT with a shared relative position bias is not supported (Singularity uses per-layer)")
+    if vision_config.get("hidden_act", "gelu") != "gelu":
+        raise ConfigError(f"vision hidden_act {vision_config['hidden_act']!r} is not supported (gelu)")
+    return {k: v for k, v in vision_config.items() if k in _VISION_FIELDS and k != "arch"}
+
+
+def hub_vision_sizes(vision_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `model.vision` config of a transformers BEiT or ViT/DeiT folder's config.json, but its image size:
+    the official model builds its image tower from the hub folder's config with its own `image_res`, and
+    resizes the position tables to it."""
+    model_type = vision_config.get("model_type")
+    if model_type not in ("beit", "vit"):
+        raise ConfigError(f"model.init.vision_weights: a {model_type!r} model; Singularity's image tower is a BEiT or a ViT/DeiT")
+    vision = dict(OFFICIAL_BEIT_BASE if model_type == "beit" else OFFICIAL_DEIT_BASE)
+    vision.update(_vision_fields(vision_config))
+    del vision["image_size"]
+    return vision
+
+
 def singularity_config_from_official(
     official: Mapping[str, Any],
     bert_config: Mapping[str, Any] | None = None,
@@ -155,13 +177,7 @@ def singularity_config_from_official(
         raise ConfigError(f"official vit_type {vit_type!r} is not supported (beit, deit, vit)")
     vision = dict(OFFICIAL_BEIT_BASE if vit_type == "beit" else OFFICIAL_DEIT_BASE)
     if vision_config:
-        if vision_config.get("use_shared_relative_position_bias"):
-            raise ConfigError(
-                "a BEiT with a shared relative position bias is not supported (Singularity uses per-layer)"
-            )
-        if vision_config.get("hidden_act", "gelu") != "gelu":
-            raise ConfigError(f"vision hidden_act {vision_config['hidden_act']!r} is not supported (gelu)")
-        vision.update({k: v for k, v in vision_config.items() if k in _VISION_FIELDS and k != "arch"})
+        vision.update(_vision_fields(vision_config))
     if "image_res" in official:
         vision["image_size"] = int(official["image_res"])
     text = dict(OFFICIAL_BERT_BASE)

@@ -37,10 +37,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from vidlab.data.datasets import VideoTextDataset, collate_samples
-from vidlab.data.formats import MediaRecord, read_annotations
+from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
-from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
+from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
@@ -54,8 +54,6 @@ from vidlab.models.factory import (
     typed_model_config,
 )
 from vidlab.recipes.fit import (
-    FitSourceConfig,
-    FitTrainSetConfig,
     load_tokenizer,
     retrieval_metrics,
 )
@@ -72,10 +70,10 @@ RETRIEVAL_KS = (1, 5, 10)
 
 @dataclass
 class ClipDataConfig(DataConfig):
-    train: list[FitTrainSetConfig] = field(default_factory=list)  # image-caption sets
-    video_frames: FitTrainSetConfig | None = None  # a video-caption set: one random frame per video, static captions
-    val: list[FitSourceConfig] = field(default_factory=list)  # images and/or videos (middle frame)
-    test: list[FitSourceConfig] = field(default_factory=list)
+    train: list[TrainSourceConfig] = field(default_factory=list)  # image-caption sets
+    video_frames: TrainSourceConfig | None = None  # a video-caption set: one random frame per video, static captions
+    val: list[SourceConfig] = field(default_factory=list)  # images and/or videos (middle frame)
+    test: list[SourceConfig] = field(default_factory=list)
     transform: Any = field(default_factory=lambda: {"norm": "clip", "size": 32, "crop_scale": [0.8, 1.0]})
     backend: str | None = None  # video decoding backend
 
@@ -268,18 +266,17 @@ class ClipRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _records(self, source: DictConfig) -> list[MediaRecord]:
-        self.prepare_data()
-        root = Path(self.cfg.data.root)
-        media_root = Path(source.media_root) if source.media_root else root
-        records = still_records(read_annotations(source.format, root / source.annotations, media_root, **source.options))
+    def _records(self, source: DictConfig, where: str) -> list[MediaRecord]:
+        records = still_records(self.read_records(source, where))
         if not records:
-            raise ConfigError(f"{source.annotations}: no image, and no video with a caption not flagged temporal")
+            raise ConfigError(f"{where}: {source.annotations}: no image, and no video with a caption not flagged temporal")
         return records
 
     def train_sets(self) -> list[TrainSet]:
         data = self.cfg.data
-        entries = [*data.train, *([data.video_frames] if data.video_frames is not None else [])]
+        entries = [(entry, f"data.train[{i}]") for i, entry in enumerate(data.train)]
+        if data.video_frames is not None:
+            entries.append((data.video_frames, "data.video_frames"))
         if not entries:
             raise ConfigError("data.train lists no dataset (and data.video_frames is not set)")
         collate = ClipTrainCollate(self.tokenizer)
@@ -287,7 +284,7 @@ class ClipRecipe(Recipe):
             TrainSet(
                 entry.name,
                 VideoTextDataset(
-                    self._records(entry),
+                    self._records(entry, where),
                     make_sampler("fit_rand", num_frames=1),
                     build_transform(data.transform, train=True),
                     caption_mode="random",
@@ -299,7 +296,7 @@ class ClipRecipe(Recipe):
                 entry.batch_size,
                 collate,
             )
-            for entry in entries
+            for entry, where in entries
         ]
 
     def class_names(self) -> dict[str, list[str]]:
@@ -346,7 +343,7 @@ class ClipRecipe(Recipe):
         sources = self.eval_source(split)
         if not sources:
             return None
-        records = [record for source in sources for record in self._records(source)]
+        records = [record for i, source in enumerate(sources) for record in self._records(source, f"data.{split}[{i}]")]
         dataset = VideoTextDataset(
             records,
             make_sampler("fit_uniform", num_frames=1),

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vidlab.data.datasets import VideoLabelDataset, collate_samples
-from vidlab.data.formats import MediaRecord, read_annotations
+from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
@@ -297,13 +297,8 @@ class EvlRecipe(Recipe):
         if split not in self._records:
             self.prepare_data()
             source = self.cfg.data[split]
-            root = Path(self.cfg.data.root)
-            media_root = Path(source.media_root) if source.media_root else root
-            annotations = root / source.annotations
-            if not annotations.exists():
-                raise ConfigError(f"data.{split}.annotations: {annotations} not found")
             fmt = FORMAT_ALIASES.get(source.format, source.format)
-            records = read_annotations(fmt, annotations, media_root, **source.options)
+            records = self.read_records(source, f"data.{split}", fmt)
             unlabelled = next((r for r in records if r.label is None), None)
             if unlabelled is not None:
                 raise ConfigError(f"data.{split}: {unlabelled.path} has no label (format {source.format!r} is not a labelled format)")

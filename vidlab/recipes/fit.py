@@ -34,10 +34,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from vidlab.data.datasets import VideoTextDataset, collate_samples
-from vidlab.data.formats import read_annotations
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
-from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
+from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
@@ -72,27 +71,10 @@ SUBSETS = ("all", "temporal")
 
 
 @dataclass
-class FitSourceConfig:
-    """An annotation file (any `vidlab.data.formats` reader) and where its media live."""
-
-    annotations: str = MISSING  # relative paths are relative to data.root
-    format: str = "singularity"
-    media_root: str | None = None  # default: data.root
-    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {kind: video}
-    image_frames: str = "single"  # an image is one frame (FiT)
-
-
-@dataclass
-class FitTrainSetConfig(FitSourceConfig):
-    name: str = "video"
-    batch_size: int = 8  # global: summed over all processes
-
-
-@dataclass
 class FitDataConfig(DataConfig):
-    train: list[FitTrainSetConfig] = field(default_factory=list)
-    val: FitSourceConfig | None = None
-    test: FitSourceConfig | None = None
+    train: list[TrainSourceConfig] = field(default_factory=list)
+    val: SourceConfig | None = None
+    test: SourceConfig | None = None
     num_frames: int = 4
     train_sampler: str = "fit_rand"
     test_sampler: str = "fit_uniform"
@@ -333,22 +315,15 @@ class FitRecipe(Recipe):
 
     # -- data -------------------------------------------------------------------------------------------
 
-    def _records(self, source: DictConfig) -> list:
-        self.prepare_data()
-        root = Path(self.cfg.data.root)
-        annotations = root / source.annotations
-        media_root = Path(source.media_root) if source.media_root else root
-        return read_annotations(source.format, annotations, media_root, **source.options)
-
     def train_sets(self) -> list[TrainSet]:
         data = self.cfg.data
         if not data.train:
             raise ConfigError("data.train lists no dataset")
         collate = FitTrainCollate(self.tokenizer, self.cfg.text.max_length)
         sets = []
-        for entry in data.train:
+        for i, entry in enumerate(data.train):
             dataset = VideoTextDataset(
-                self._records(entry),
+                self.read_records(entry, f"data.train[{i}]"),
                 make_sampler(data.train_sampler, num_frames=data.num_frames),
                 build_transform(data.transform, train=True),
                 caption_mode="random",
@@ -373,7 +348,7 @@ class FitRecipe(Recipe):
             return None
         data = self.cfg.data
         dataset = VideoTextDataset(
-            self._records(source),
+            self.read_records(source, f"data.{split}"),
             self._eval_sampler(),
             build_transform(data.transform, train=False),
             caption_mode="all",

@@ -53,19 +53,18 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from vidlab.data.datasets import MediaDataset, VideoTextDataset, collate_samples
-from vidlab.data.formats import MediaRecord, read_annotations
+from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
-from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
+from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import apply_overrides, create_model_with_report, model_config, typed_model_config
 from vidlab.models.singularity import BERT_SIZE_KEYS
+from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.recipes.fit import (
-    FitSourceConfig,
-    FitTrainSetConfig,
     load_tokenizer,
     resolve_model_folder,
     text_tower_config,
@@ -99,9 +98,9 @@ SPECIAL_TOKENS = ("pad", "cls", "sep", "mask")
 @dataclass
 class SingularityDataConfig(DataConfig):
     mixing: str = "schedule"  # Singularity's random per-step schedule over the training sets
-    train: list[FitTrainSetConfig] = field(default_factory=list)
-    val: FitSourceConfig | None = None
-    test: FitSourceConfig | None = None
+    train: list[TrainSourceConfig] = field(default_factory=list)
+    val: SourceConfig | None = None
+    test: SourceConfig | None = None
     answer_list: str | None = None  # QA: json list of answer strings (relative to root)
     num_frames: int = 1  # training frames (official: 1)
     num_frames_test: int = 4  # evaluation frames (official: 4; 12 in the README's MC / zero-shot runs)
@@ -157,6 +156,20 @@ def bert_sizes(folder: Path) -> dict[str, Any]:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"text.weights: {folder} uses {hf['position_embedding_type']!r} positions; only absolute ones are supported")
     return {k: hf[k] for k in (*BERT_SIZE_KEYS, "num_hidden_layers") if k in hf}
+
+
+def image_tower_sizes(weights: str) -> dict[str, Any]:
+    """`model.vision` of a hub image-tower folder's config.json (all but the image size), as the official
+    model builds its BEiT from the folder it loads; {} for a single weights file, whose sizes the config states."""
+    config_file = Path(weights) / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        sizes = hub_vision_sizes(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"model.init.vision_weights: {config_file} is not valid JSON: {e}") from None
+    log.info("model.vision: the sizes of %s (the image size stays the config's)", config_file)
+    return sizes
 
 
 class Tokenize:
@@ -480,8 +493,9 @@ class SingularityRecipe(Recipe):
         return self._tokenizer
 
     def model_config(self, with_text_weights: bool = True) -> DictConfig:
-        """The typed model config: `model.base`, the BERT sizes of `text.weights`, the other `model` keys,
-        then what the recipe decides: task, training frames, evaluation settings, special token ids."""
+        """The typed model config: `model.base`, the BERT sizes of `text.weights` and the BEiT/ViT sizes of
+        `model.init.vision_weights`, the other `model` keys, then what the recipe decides: task, training
+        frames, evaluation settings, special token ids."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         explicit = apply_overrides(OmegaConf.create({}), raw)  # type: ignore[arg-type]
@@ -491,6 +505,9 @@ class SingularityRecipe(Recipe):
         weights = resolve_model_folder(self.cfg.text.weights, "text.weights") if self.cfg.text.weights else None
         if weights is not None:
             mc.text.update(bert_sizes(weights))
+        vision_weights = OmegaConf.select(explicit, "init.vision_weights") or mc.init.vision_weights
+        if vision_weights:
+            mc.vision.update(image_tower_sizes(vision_weights))
         mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         data, evaluation = self.cfg.data, self.cfg.eval
         expected_task = MODEL_TASK[self.task]
@@ -550,14 +567,10 @@ class SingularityRecipe(Recipe):
         self.prepare_data()
         return Path(self.cfg.data.root) / relative
 
-    def _records(self, source: DictConfig, captions: bool) -> list[MediaRecord]:
-        """A source's records (annotations and a relative media_root under data.root); caption sets are joined
-        into paragraphs with `data.paragraph_retrieval`."""
-        options = dict(source.options)
-        if captions and self.cfg.data.paragraph_retrieval:
-            options.setdefault("join_captions", True)
-        media_root = Path(self.cfg.data.root) / (source.media_root or "")  # an absolute media_root stays as it is
-        return read_annotations(source.format, self._path(source.annotations), media_root, **options)
+    def _records(self, source: DictConfig, where: str, captions: bool) -> list[MediaRecord]:
+        """A source's records; caption sets are joined into paragraphs with `data.paragraph_retrieval`."""
+        join = captions and self.cfg.data.paragraph_retrieval and "join_captions" not in source.options
+        return self.read_records(source, where, **({"join_captions": True} if join else {}))
 
     def _dataset_args(self, train: bool, image_frames: str) -> dict[str, Any]:
         data = self.cfg.data
@@ -580,15 +593,16 @@ class SingularityRecipe(Recipe):
             raise ConfigError("data.train lists no dataset")
         model_cfg = self._model_cfg()
         sets = []
-        for entry in self.cfg.data.train:
+        for i, entry in enumerate(self.cfg.data.train):
+            where = f"data.train[{i}]"
             if self.task == "qa":
-                records = self._qa_records(entry, f"data.train ({entry.name})")
+                records = self._qa_records(entry, where)
                 dataset: MediaDataset = MediaDataset(records, **self._dataset_args(True, entry.image_frames))
                 collate: Any = QATrainCollate(
                     self._tokenize(model_cfg.qa.max_question_length), self._tokenize(model_cfg.qa.max_answer_length), self.tokenizer.sep_token
                 )
             else:
-                records = self._records(entry, captions=True)
+                records = self._records(entry, where, captions=True)
                 dataset = CaptionPairDataset(
                     records, match_by_caption=self.cfg.data.has_multi_vision_gt, **self._dataset_args(True, entry.image_frames)
                 )
@@ -596,10 +610,10 @@ class SingularityRecipe(Recipe):
             sets.append(TrainSet(entry.name, dataset, entry.batch_size, collate))
         return sets
 
-    def _qa_records(self, source: DictConfig, what: str) -> list[MediaRecord]:
-        records = self._records(source, captions=False)
+    def _qa_records(self, source: DictConfig, where: str) -> list[MediaRecord]:
+        records = self._records(source, where, captions=False)
         if not records or "question" not in records[0].extra:
-            raise ConfigError(f"{what}: {source.annotations} holds no questions (task qa needs a QA file)")
+            raise ConfigError(f"{where}: {source.annotations} holds no questions (task qa needs a QA file)")
         return records
 
     def answer_list(self) -> list[str]:
@@ -627,13 +641,13 @@ class SingularityRecipe(Recipe):
             dataset: MediaDataset = MediaDataset(records, **args)
             collate: Any = QAEvalCollate(self._tokenize(model_cfg.qa.max_question_length))
         elif self.task == "mc":
-            records = self._records(source, captions=False)
+            records = self._records(source, f"data.{split}", captions=False)
             if any(r.label is None for r in records):
                 raise ConfigError(f"data.{split}: {source.annotations} is not a multiple-choice file ({{video, caption: [options], answer}})")
             dataset = VideoTextDataset(records, caption_mode="all", **args)
             collate = MCEvalCollate(self._tokenize(model_cfg.text.max_length))
         else:
-            records = self._records(source, captions=True)
+            records = self._records(source, f"data.{split}", captions=True)
             dataset = VideoTextDataset(records, caption_mode="all", **args)
             collate = RetrievalEvalCollate(self._tokenize(model_cfg.text.max_length, fixed_length=True))
         self._eval_records[split] = list(records)
