@@ -98,7 +98,7 @@ def test_fit_webvid_cc3m_config_on_fits_own_layout(shapes_root, tmp_path, monkey
     out = capsys.readouterr().out
     assert code == 0
     # 1k-A as FiT tests it: the split list's videos, each with the one caption the index fixes
-    assert all_captions > 8 and "captions: all 8 captions of the 8 videos" in out
+    assert all_captions > 8 and "captions: all 8 captions of the 8 videos; no caption is flagged temporal" in out
     (run,) = (tmp_path / "runs/fit_webvid_cc3m").iterdir()
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["0-1frame", "1-4frames"]
 
@@ -115,7 +115,7 @@ def _hub_beit_folder(out: Path) -> Path:
     return out
 
 
-def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_folder(shapes_root, tmp_path, monkeypatch):
+def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_folder(shapes_root, tmp_path, monkeypatch, capsys):
     """pretrain_5m.yaml with the official layout: the BEiT's sizes come from the hub folder's config.json, its
     image size from the config (the official model takes `image_res` and resizes the bias tables)."""
     root = tmp_path / "data"
@@ -155,6 +155,7 @@ def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_fold
         "eval.k_test=4",
     ]
     assert main(["train", str(CONFIGS / "singularity/pretrain_5m.yaml"), *overrides]) == 0
+    assert "subsets: all 8 captions (no caption is flagged temporal)" in capsys.readouterr().out
     (run,) = (tmp_path / "runs/singularity_pretrain_5m").iterdir()
     vision = load_config(run / "0-train/model/config.yaml").vision
     assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size, vision.patch_size) == (48, 2, 96, 8)

@@ -442,9 +442,11 @@ class FitRecipe(Recipe):
         return "\n".join(
             [
                 f"protocol: Frozen in Time retrieval, split '{split}'",
-                (
-                    f"  captions: all {len(text_embeds)} captions of the {len(video_embeds)} videos; subset 'temporal': "
-                    f"{int(temporal.sum())} captions of {len(set(text_to_video[temporal].tolist()))} videos"
+                f"  captions: all {len(text_embeds)} captions of the {len(video_embeds)} videos; "
+                + (
+                    f"subset 'temporal': {int(temporal.sum())} captions of {len(set(text_to_video[temporal].tolist()))} videos"
+                    if temporal.any()
+                    else "no caption is flagged temporal"
                 ),
                 (
                     "  scoring: cosine similarity of the projected embeddings; t2v = rank of the caption's video among "

@@ -801,9 +801,12 @@ class SingularityRecipe(Recipe):
                 f"protocol: split '{split}'. "
                 + describe_protocol(num_videos, num_texts, num_frames, self.cfg.eval.k_test, self.cfg.eval.frame_ensemble),
                 *grouping,
-                (
-                    f"  subsets: all {num_texts} captions{paragraph}; temporal {num_temporal} captions "
-                    "(t2v against all videos, v2t among the temporal captions only, re-ranked within them)"
+                f"  subsets: all {num_texts} captions{paragraph}"
+                + (
+                    f"; temporal {num_temporal} captions (t2v against all videos, v2t among the temporal captions only, "
+                    "re-ranked within them)"
+                    if num_temporal
+                    else " (no caption is flagged temporal)"
                 ),
                 (
                     "  metrics: itm = re-ranked, itc = contrastive only; R@k in %, tied scores share their average rank "
