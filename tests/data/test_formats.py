@@ -311,3 +311,13 @@ def test_unknown_format_and_option_are_config_errors(tmp_path):
         read_annotations("kinetics", ann)
     with pytest.raises(ConfigError, match=r"does not take option\(s\) \['split_list'\]"):
         read_annotations("evl_list", ann, split_list="x")
+
+
+def test_a_csv_delimiter_of_more_than_one_character_is_a_config_error(tmp_path):
+    """`-o delimiter=\\t` on a command line is a backslash and a t: say how to write a tab."""
+    ann = write(tmp_path / "cc.tsv", "caption\tthumbnailUrl\na cat\thttp://x/1.jpg\n")
+    assert len(read_annotations("cc3m", ann, delimiter="\t")) == 1
+    with pytest.raises(ConfigError, match=r"delimiter must be one character, got '\\\\t' \(a tab is"):
+        read_annotations("cc3m", ann, delimiter="\\t")
+    with pytest.raises(ConfigError, match="delimiter must be one character, got ''"):
+        read_annotations("webvid", ann, delimiter="")

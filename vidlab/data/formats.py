@@ -234,6 +234,9 @@ def _csv_rows(path: Path, required: Sequence[str], delimiter: str) -> Iterator[t
 
     Streams the file: WebVid-10M's CSVs are gigabytes.
     """
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        hint = ' (a tab is "\\t" in double quotes, as YAML reads it: -o \'delimiter="\\t"\')' if delimiter == "\\t" else ""
+        raise ConfigError(f"delimiter must be one character, got {delimiter!r}{hint}")
     _check_file(path)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
