@@ -3,6 +3,7 @@ after the ones it starts from, each with its own log; a failure stops what has n
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -74,3 +75,52 @@ def test_a_failed_step_names_its_log_and_nothing_after_it_starts(tmp_path: Path)
 def test_a_plan_whose_steps_cannot_run_in_order_is_refused(tmp_path: Path, steps: list[Step], message: str):
     with pytest.raises(ValueError, match=message):
         run_steps(steps, Progress(len(steps)), logs=tmp_path)
+
+
+def _sleep(pid_file: Path) -> None:
+    pid_file.write_text(str(os.getpid()))
+    import time
+
+    time.sleep(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to tell a zombie from a running process")
+def test_a_killed_experiment_leaves_no_step_running(tmp_path: Path):
+    """`timeout 590 vidlab experiment ...` then a rerun: the killed run's steps must not train on as orphans."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "step.pid"
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from test_steps import _sleep;"
+        "from vidlab.experiments.steps import Progress, Step, run_steps;"
+        "run_steps([Step('s', 's', _sleep, (Path(sys.argv[2]),))], Progress(1), jobs=2, logs=Path(sys.argv[3]))"
+    )
+    experiment = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(pid_file), str(tmp_path / "logs")])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        step = int(pid_file.read_text())
+        experiment.send_signal(signal.SIGTERM)
+        experiment.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(step) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(step), "the step process outlived the experiment"
+    finally:
+        experiment.kill()
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
