@@ -93,9 +93,18 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "zombie" in status.read_text())
 
 
+LAUNCHES = {
+    "steps": "from vidlab.experiments.steps import Progress, Step, run_steps;"
+    "run_steps([Step('s', 's', _sleep, (pid_file,))], Progress(1), jobs=2, logs=Path(sys.argv[3]))",
+    "isolated": "from vidlab.bench.common import run_isolated; run_isolated(_sleep, {'pid_file': pid_file})",
+}
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to tell a zombie from a running process")
-def test_a_killed_experiment_leaves_no_step_running(tmp_path: Path):
-    """`timeout 590 vidlab experiment ...` then a rerun: the killed run's steps must not train on as orphans."""
+@pytest.mark.parametrize("launch", sorted(LAUNCHES))
+def test_a_killed_experiment_leaves_no_step_running(tmp_path: Path, launch: str):
+    """`timeout 590 vidlab experiment ...` then a rerun: the killed run's steps (`run_steps`' processes, and the
+    measured trainings of `run_isolated`) must not train on as orphans."""
     import signal
     import subprocess
     import sys
@@ -104,8 +113,7 @@ def test_a_killed_experiment_leaves_no_step_running(tmp_path: Path):
     pid_file = tmp_path / "step.pid"
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from test_steps import _sleep;"
-        "from vidlab.experiments.steps import Progress, Step, run_steps;"
-        "run_steps([Step('s', 's', _sleep, (Path(sys.argv[2]),))], Progress(1), jobs=2, logs=Path(sys.argv[3]))"
+        "pid_file = Path(sys.argv[2]);" + LAUNCHES[launch]
     )
     experiment = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(pid_file), str(tmp_path / "logs")])
     try:

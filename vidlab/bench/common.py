@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
@@ -29,6 +32,23 @@ def peak_rss_mib() -> float:
     return max(own, children) / scale
 
 
+def exit_with_parent() -> None:
+    """Ends this process once the process that started it is gone (a killed experiment or benchmark): a child would
+    otherwise run on as an orphan, holding the GPU and writing into folders a rerun uses. A daemon thread checks
+    every second. The multiprocessing parent is the caller even for a forkserver's child (whose OS parent, the
+    server, outlives it); the process's DataLoader workers follow it (they watch their parent too)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: no parent to outlive
+        return
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _isolated_entry(conn: Connection, start_method: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """Body of an isolated process: run `fn`, send back ('ok', result, peak MiB) or ('error', text).
 
@@ -37,6 +57,7 @@ def _isolated_entry(conn: Connection, start_method: str, fn: Callable[..., Any],
     torch: ~10x slower loading, measured).
     """
     multiprocessing.set_start_method(start_method, force=True)
+    exit_with_parent()
     try:
         result = fn(**kwargs)
     except VidlabError as e:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vidlab.bench.common import exit_with_parent
 from vidlab.errors import VidlabError
 
 class StepError(VidlabError):
@@ -124,19 +124,11 @@ def _init_step_process(threads: int | None, start_method: str) -> None:
     """A spawned process inherits 'spawn' as its default start method; a step's DataLoader workers start as they would
     in the caller instead (spawned, each would import torch again at every epoch: 45 s per epoch on one H100 run)."""
     multiprocessing.set_start_method(start_method, force=True)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
+    exit_with_parent()
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def _exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
-    """Ends this step process once `parent` (the experiment's process) is gone: a killed process's children are
-    re-parented, and nothing else would stop them. Its DataLoader workers follow it (they watch their parent too)."""
-    while os.getppid() == parent:
-        time.sleep(interval_s)
-    os._exit(1)
 
 
 def _run_logged(log: Path, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
