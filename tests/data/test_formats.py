@@ -128,6 +128,7 @@ def test_evl_list_splits_label_off_the_last_space(tmp_path):
         (str(tmp_path / "k400/abseiling/a b.mp4"), 0),
         (str(tmp_path / "k400/zumba/c.mp4"), 399),
     ]
+    assert read_annotations("evl", ann, root=tmp_path / "k400") == records  # the name EVL configs (and data check) use
 
 
 def test_class_folders_label_sorted_class_names(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 def register(subparsers) -> None:
     parser = subparsers.add_parser("check", help="check that an annotation's media files exist and decode", description=__doc__)
     parser.add_argument("annotation", type=Path, help="annotation file (or folder, for folder formats)")
-    parser.add_argument("--format", "-f", required=True, dest="fmt", help="annotation format, e.g. webvid, msrvtt, singularity, evl_list")
+    parser.add_argument("--format", "-f", required=True, dest="fmt", help="annotation format, e.g. webvid, msrvtt, singularity, evl")
     parser.add_argument("--root", type=Path, default=None, help="folder the media paths are relative to (default: the annotation's folder)")
     parser.add_argument(
         "--decode", action=argparse.BooleanOptionalAction, default=True, help="decode first/last frames (default) or only check existence"

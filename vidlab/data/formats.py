@@ -504,6 +504,9 @@ def read_label_list(path: Path, root: Path, *, kind: MediaKind | None = None) ->
     return records
 
 
+register_reader("evl", read_label_list)  # the name EVL configs use (`format: evl`)
+
+
 def _class_folders(path: Path) -> list[str]:
     if not path.is_dir():
         raise AnnotationError(str(path), None, "folder not found" if not path.exists() else "not a folder")

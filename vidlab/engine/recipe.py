@@ -68,12 +68,12 @@ class Recipe(ABC):
             generate(self.cfg.data.root, source.size, source.seed, progress=False)
         distributed.barrier()
 
-    def read_records(self, source: DictConfig, where: str, fmt: str | None = None, **options: Any) -> list[MediaRecord]:
-        """The records of a configured source (`annotations`, `format`, `media_root`, `options`), its relative
-        paths under `data.root` (`vidlab.data.formats.read_source`); `fmt` and `options` add to the source's."""
+    def read_records(self, source: DictConfig, where: str, **options: Any) -> list[MediaRecord]:
+        """The records of a configured source (`annotations`, `format`, `media_root`, `options`; `where` names it in
+        errors), its relative paths under `data.root` (`vidlab.data.formats.read_source`); `options` add to its own."""
         self.prepare_data()
         return read_source(
-            self.cfg.data.root, source.annotations, fmt or source.format, source.media_root, where=where, **{**source.options, **options}
+            self.cfg.data.root, source.annotations, source.format, source.media_root, where=where, **{**source.options, **options}
         )
 
     @abstractmethod

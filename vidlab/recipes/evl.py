@@ -60,8 +60,6 @@ from vidlab.tasks.classification import accuracy, average_views, confusion_matri
 
 log = logging.getLogger(__name__)
 
-# `format: evl` is the EVL list file (`vidlab.data.formats` registers it as `evl_list`)
-FORMAT_ALIASES = {"evl": "evl_list"}
 TRAIN_SAMPLERS = ("evl_train", "evl_tsn")
 SPLITS = ("train", "val", "test")
 CONFUSION_FILE = "confusion_{split}.png"
@@ -295,10 +293,8 @@ class EvlRecipe(Recipe):
     def records(self, split: str) -> list[MediaRecord]:
         """The records of a configured split (read once)."""
         if split not in self._records:
-            self.prepare_data()
             source = self.cfg.data[split]
-            fmt = FORMAT_ALIASES.get(source.format, source.format)
-            records = self.read_records(source, f"data.{split}", fmt)
+            records = self.read_records(source, f"data.{split}")
             unlabelled = next((r for r in records if r.label is None), None)
             if unlabelled is not None:
                 raise ConfigError(f"data.{split}: {unlabelled.path} has no label (format {source.format!r} is not a labelled format)")
