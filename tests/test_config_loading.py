@@ -46,6 +46,9 @@ def test_circular_base_is_reported(tmp_path):
         (["data.num_frame=3"], "num_frame"),  # unknown key, typo
         (["data.num_frames=four"], "num_frames"),  # wrong type
         (["lr"], "key=value"),  # not an override
+        # YAML reads {a:b} as the key 'a:b': say so, instead of an unknown key 'a:b' deep in the config
+        (["data={num_frames:3}"], "YAML reads 'num_frames:3' as one key without a value; write a space after each colon"),
+        (["data.list=[{a: 1, b:2}]"], "YAML reads 'b:2' as one key"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

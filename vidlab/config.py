@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vidlab.errors import ConfigError
@@ -35,6 +35,18 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(merged, cfg)
 
 
+def _glued_keys(value: Any) -> list[str]:
+    """Keys like 'size:32' with no value: what YAML makes of `{size:32}`, a mapping written without the space."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, dict):
+        glued = [str(k) for k, v in value.items() if ":" in str(k) and v is None]
+        return glued + [k for v in value.values() for k in _glued_keys(v)]
+    if isinstance(value, list):
+        return [k for v in value for k in _glued_keys(v)]
+    return []
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -56,7 +68,14 @@ def load_config(
             key, value = item.split("=", 1)
             # Parse the value as OmegaConf parses dotlists, then set it in place so that list items
             # (`data.train.0.path=...`) and typed fields are addressed like any other key.
-            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
+            parsed = OmegaConf.from_dotlist([f"value={value}"])["value"]
+            glued = _glued_keys(parsed)
+            if glued:
+                raise ConfigError(
+                    f"override {item!r}: YAML reads {glued[0]!r} as one key without a value; "
+                    "write a space after each colon, e.g. 'data.transform={preset: fit, size: 32}'"
+                )
+            OmegaConf.update(cfg, key, parsed, merge=True)
     except OmegaConfBaseException as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         key = getattr(e, "full_key", None)
