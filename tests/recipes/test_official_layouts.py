@@ -115,9 +115,10 @@ def _hub_beit_folder(out: Path) -> Path:
     return out
 
 
-def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_folder(shapes_root, tmp_path, monkeypatch, capsys):
+def test_singularity_pretraining_then_fine_tuning_with_the_official_configs(shapes_root, tmp_path, monkeypatch, capsys):
     """pretrain_5m.yaml with the official layout: the BEiT's sizes come from the hub folder's config.json, its
-    image size from the config (the official model takes `image_res` and resizes the bias tables)."""
+    image size from the config (the official model takes `image_res` and resizes the bias tables). Then
+    ret_msrvtt.yaml from that run, stating no size: they come from the sizes its model folder records."""
     root = tmp_path / "data"
     for entry in _entries(shapes_root, "captions_train.json"):
         _copy(shapes_root / entry["video"], root / "videos_images/webvid_2fps_224" / Path(entry["video"]).name)
@@ -129,7 +130,9 @@ def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_fold
         "anno_pretrain/webvid_train.json": [{"video": Path(e["video"]).name, "caption": e["caption"][0]} for e in _entries(shapes_root, "captions_train.json")],
         "anno_pretrain/cc3m_train.json": [{"image": Path(e["image"]).name, "caption": e["caption"][0]} for e in _entries(shapes_root, "images_train.json")],
         "anno_downstream/msrvtt_test1k.json": [{"video": Path(e["video"]).name, "caption": e["caption"][0]} for e in _entries(shapes_root, "captions_test.json")],
+        "anno_downstream/msrvtt_ret_train7k.json": [{"video": Path(e["video"]).name, "caption": c} for e in _entries(shapes_root, "captions_test.json") for c in e["caption"]],
     }
+    pairs["anno_downstream/msrvtt_ret_test1k.json"] = pairs["anno_downstream/msrvtt_test1k.json"]
     for rel, entries in pairs.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(entries))
@@ -160,6 +163,23 @@ def test_singularity_pretraining_config_builds_its_image_tower_from_the_hub_fold
     vision = load_config(run / "0-train/model/config.yaml").vision
     assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size, vision.patch_size) == (48, 2, 96, 8)
     assert vision.image_size == 32
+
+    fine_tune = [
+        f"init_from={run / '0-train/model'}",
+        f"data.root={root}",
+        f"text.tokenizer={bert}",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.transform.size=32",
+        *RUN_CHEAPLY,
+        "data.train.0.batch_size=4",
+        "data.steps_per_epoch=2",
+        "eval.batch_size=4",
+        "eval.k_test=4",
+    ]
+    assert main(["train", str(CONFIGS / "singularity/ret_msrvtt.yaml"), *fine_tune]) == 0
+    (fine_tuned,) = (tmp_path / "runs/singularity_ret_msrvtt").iterdir()
+    model = load_config(fine_tuned / "0-train/model/config.yaml")
+    assert (model.task, model.vision.hidden_size, model.text.hidden_size, model.embed_dim) == ("retrieval", 48, 32, 16)
 
 
 def test_evl_kinetics_config_on_list_files_under_the_data_root(shapes_root, tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from vidlab.config import load_config
 from vidlab.data.datasets import MediaDataset, VideoTextDataset, collate_samples
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLES_KEY
@@ -61,8 +62,9 @@ from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
+from vidlab.models.checkpoint import vidlab_checkpoint_files
 from vidlab.models.factory import apply_overrides, create_model_with_report, model_config, typed_model_config
-from vidlab.models.singularity import BERT_SIZE_KEYS
+from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.recipes.fit import (
     load_tokenizer,
@@ -169,6 +171,21 @@ def image_tower_sizes(weights: str) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"model.init.vision_weights: {config_file} is not valid JSON: {e}") from None
     log.info("model.vision: the sizes of %s (the image size stays the config's)", config_file)
+    return sizes
+
+
+def recorded_sizes(source: str) -> dict[str, Any]:
+    """The tower sizes and embedding width a vidlab Singularity checkpoint records beside its weights (`config.yaml`),
+    as dotted `model` keys; empty for any other file (an official `.pth` records none: the config states them)."""
+    files = vidlab_checkpoint_files(source)
+    if files is None or files[1] is None:
+        return {}
+    recorded = load_config(files[1])
+    if recorded.get("family") != FAMILY:
+        return {}  # read_checkpoint names the family mismatch
+    sizes = {f"vision.{key}": value for key, value in recorded.vision.items()}
+    sizes.update({f"text.{key}": recorded.text[key] for key in (*BERT_SIZE_KEYS, "num_hidden_layers", "fusion_layer")})
+    sizes["embed_dim"] = recorded.embed_dim
     return sizes
 
 
@@ -493,14 +510,15 @@ class SingularityRecipe(Recipe):
         return self._tokenizer
 
     def model_config(self, with_text_weights: bool = True) -> DictConfig:
-        """The typed model config: `model.base`, the BERT sizes of `text.weights` and the BEiT/ViT sizes of
-        `model.init.vision_weights`, the other `model` keys, then what the recipe decides: task, training
-        frames, evaluation settings, special token ids."""
+        """The typed model config: `model.base`; the BERT sizes of `text.weights`, the BEiT/ViT sizes of
+        `model.init.vision_weights` and those a vidlab `init_from` (or `eval.checkpoint`) records; the `model`
+        keys the config states; then what the recipe decides: task, training frames, evaluation settings,
+        special token ids."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         explicit = apply_overrides(OmegaConf.create({}), raw)  # type: ignore[arg-type]
-        mc = model_config(base) if base else typed_model_config({"family": "singularity", **raw})  # type: ignore[dict-item]
-        if mc.family != "singularity":
+        mc = model_config(base) if base else typed_model_config({"family": FAMILY, **raw})  # type: ignore[dict-item]
+        if mc.family != FAMILY:
             raise ConfigError(f"model.base {base!r} is a {mc.family!r} model, not a singularity one")
         weights = resolve_model_folder(self.cfg.text.weights, "text.weights") if self.cfg.text.weights else None
         if weights is not None:
@@ -508,6 +526,13 @@ class SingularityRecipe(Recipe):
         vision_weights = OmegaConf.select(explicit, "init.vision_weights") or mc.init.vision_weights
         if vision_weights:
             mc.vision.update(image_tower_sizes(vision_weights))
+        start = self.cfg.init_from or self.cfg.eval.checkpoint
+        recorded = recorded_sizes(start) if start else {}
+        adopted = {k: v for k, v in recorded.items() if OmegaConf.select(explicit, k) is None and OmegaConf.select(mc, k) != v}
+        if adopted:
+            log.info("model sizes from %s (the sizes its config.yaml records): %s", start, adopted)
+            for key, value in adopted.items():
+                OmegaConf.update(mc, key, value)
         mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         data, evaluation = self.cfg.data, self.cfg.eval
         expected_task = MODEL_TASK[self.task]
