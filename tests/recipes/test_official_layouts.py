@@ -180,6 +180,10 @@ def test_singularity_pretraining_then_fine_tuning_with_the_official_configs(shap
     (fine_tuned,) = (tmp_path / "runs/singularity_ret_msrvtt").iterdir()
     model = load_config(fine_tuned / "0-train/model/config.yaml")
     assert (model.task, model.vision.hidden_size, model.text.hidden_size, model.embed_dim) == ("retrieval", 48, 32, 16)
+    run.rename(tmp_path / "moved")  # the run evaluates from the sizes its own model folder records
+    capsys.readouterr()
+    assert main(["eval", str(fine_tuned)]) == 0
+    assert "itm all t2v" in capsys.readouterr().out
 
 
 def test_evl_kinetics_config_on_list_files_under_the_data_root(shapes_root, tmp_path, monkeypatch):

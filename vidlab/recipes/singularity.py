@@ -509,11 +509,11 @@ class SingularityRecipe(Recipe):
             self._tokenizer = load_tokenizer(self.cfg.text.tokenizer)
         return self._tokenizer
 
-    def model_config(self, with_text_weights: bool = True) -> DictConfig:
+    def model_config(self, with_text_weights: bool = True, start: str | Path | None = None) -> DictConfig:
         """The typed model config: `model.base`; the BERT sizes of `text.weights`, the BEiT/ViT sizes of
-        `model.init.vision_weights` and those a vidlab `init_from` (or `eval.checkpoint`) records; the `model`
-        keys the config states; then what the recipe decides: task, training frames, evaluation settings,
-        special token ids."""
+        `model.init.vision_weights` and those recorded beside the weights the model starts from (`start`, by
+        default `init_from` or `eval.checkpoint`: a vidlab folder records them); the `model` keys the config
+        states; then what the recipe decides: task, training frames, evaluation settings, special token ids."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         explicit = apply_overrides(OmegaConf.create({}), raw)  # type: ignore[arg-type]
@@ -526,8 +526,8 @@ class SingularityRecipe(Recipe):
         vision_weights = OmegaConf.select(explicit, "init.vision_weights") or mc.init.vision_weights
         if vision_weights:
             mc.vision.update(image_tower_sizes(vision_weights))
-        start = self.cfg.init_from or self.cfg.eval.checkpoint
-        recorded = recorded_sizes(start) if start else {}
+        start = start or self.cfg.init_from or self.cfg.eval.checkpoint
+        recorded = recorded_sizes(str(start)) if start else {}
         adopted = {k: v for k, v in recorded.items() if OmegaConf.select(explicit, k) is None and OmegaConf.select(mc, k) != v}
         if adopted:
             log.info("model sizes from %s (the sizes its config.yaml records): %s", start, adopted)
@@ -569,7 +569,9 @@ class SingularityRecipe(Recipe):
         return typed_model_config(mc)
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
-        created = create_model_with_report(self.model_config(with_text_weights=init_from is None), checkpoint=init_from)
+        start = init_from if isinstance(init_from, (str, Path)) else None  # a run's model folder records its own sizes
+        model_cfg = self.model_config(with_text_weights=init_from is None, start=start)
+        created = create_model_with_report(model_cfg, checkpoint=init_from)
         self._model_config = created.config
         return created.model, created.config
 
