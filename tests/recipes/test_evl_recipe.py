@@ -248,7 +248,7 @@ def test_a_clip_run_as_backbone_brings_the_sizes_it_records(shapes_root, clip_fo
     caplog.set_level("INFO")
     config = _with(tiny_config(shapes_root, clip_folder, tmp_path), {"model.backbone": {"weights": str(clip_folder)}})
     recipe = recipe_of(config, tmp_path)
-    assert recipe.model_config().backbone.layers == 2 and "model.backbone sizes from" in caplog.text
+    assert recipe.model_config().backbone.layers == 2 and "model sizes from" in caplog.text and "backbone.layers" in caplog.text
     model, _ = recipe.build_model(None)
     weights = load_file(str(clip_folder / "model.safetensors"))
     assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, weights["visual.blocks.1.attn.qkv.weight"])

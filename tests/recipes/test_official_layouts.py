@@ -70,37 +70,39 @@ def _fit_layout(shapes_root: Path, root: Path) -> int:
 
 
 def test_fit_webvid_cc3m_config_on_fits_own_layout(shapes_root, tmp_path, monkeypatch, capsys):
+    """Both stages on FiT's layout; then the same config again from that run's model, stating no model size: the
+    sizes come from the ones its model folder records."""
     root = tmp_path / "data"
     all_captions = _fit_layout(shapes_root, root)
     text = make_text_folder(shapes_root, tmp_path / "distilbert")
     monkeypatch.chdir(tmp_path)  # nothing may resolve against the working directory: data.root is absolute
-    code = main(
-        [
-            "train",
-            str(CONFIGS / "fit/webvid_cc3m.yaml"),
-            f"data.root={root}",
-            f"text.tokenizer={text}",
-            f"text.weights={text}",
-            f"output_dir={tmp_path / 'runs'}",
-            "model.base=fit-tiny",
-            "model.projection_dim=32",
-            "text.max_length=24",
-            "data.transform={preset: fit, size: 32, test_short_side: 32, test_crop: 32}",
-            *RUN_CHEAPLY,
-            "data.steps_per_epoch=1",
-            "checkpoint.monitor=null",
-            "eval.batch_size=8",
-            *(f"{stage}data.train.{i}.batch_size=4" for stage in ("", "stages.1.") for i in (0, 1)),
-            "stages.0.trainer.max_epochs=1",
-            "stages.1.trainer.max_epochs=1",
-        ]
-    )
+    common = [
+        f"data.root={root}",
+        f"text.tokenizer={text}",
+        f"text.weights={text}",
+        "text.max_length=24",
+        "data.transform={preset: fit, size: 32, test_short_side: 32, test_crop: 32}",
+        *RUN_CHEAPLY,
+        "data.steps_per_epoch=1",
+        "checkpoint.monitor=null",
+        "eval.batch_size=8",
+        *(f"{stage}data.train.{i}.batch_size=4" for stage in ("", "stages.1.") for i in (0, 1)),
+        "stages.0.trainer.max_epochs=1",
+        "stages.1.trainer.max_epochs=1",
+    ]
+    config = str(CONFIGS / "fit/webvid_cc3m.yaml")
+    code = main(["train", config, *common, f"output_dir={tmp_path / 'runs'}", "model.base=fit-tiny", "model.projection_dim=32"])
     out = capsys.readouterr().out
     assert code == 0
     # 1k-A as FiT tests it: the split list's videos, each with the one caption the index fixes
     assert all_captions > 8 and "captions: all 8 captions of the 8 videos; no caption is flagged temporal" in out
     (run,) = (tmp_path / "runs/fit_webvid_cc3m").iterdir()
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["0-1frame", "1-4frames"]
+
+    assert main(["train", config, *common, f"output_dir={tmp_path / 'again'}", f"init_from={run / '1-4frames/model'}"]) == 0
+    (again,) = (tmp_path / "again/fit_webvid_cc3m").iterdir()
+    model = load_config(again / "1-4frames/model/config.yaml")
+    assert (model.video.embed_dim, model.video.depth, model.projection_dim) == (64, 2, 32)
 
 
 def _hub_beit_folder(out: Path) -> Path:

@@ -145,6 +145,17 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig
     return cfg
 
 
+def adopt_recorded(cfg: DictConfig, recorded: Mapping[str, Any], stated: DictConfig, source: str) -> None:
+    """Set the dotted `recorded` entries (the sizes a checkpoint records beside its weights) in `cfg`, except those
+    `stated` (what the user's config says under `model`) gives: a model starts at the sizes of the weights it starts
+    from unless told otherwise. Logs what changed."""
+    adopted = {k: v for k, v in recorded.items() if OmegaConf.select(stated, k) is None and OmegaConf.select(cfg, k) != v}
+    if adopted:
+        logger.info("model sizes from %s (recorded beside its weights): %s", source, adopted)
+        for key, value in adopted.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+
+
 def _format_of(obj: Any) -> CheckpointFormat | None:
     return next((fmt for fmt in _FORMATS if fmt.recognize(obj)), None)
 

@@ -51,6 +51,7 @@ from vidlab.models.clip import ResidualAttentionBlock
 from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.models.evl import FAMILY, EVLDecoderLayer
 from vidlab.models.factory import (
+    adopt_recorded,
     apply_overrides,
     create_model_with_report,
     model_config,
@@ -193,12 +194,8 @@ class EvlRecipe(Recipe):
         if mc.family != FAMILY:
             raise ConfigError(f"model.base {base!r} is a {mc.family!r} model; the evl recipe trains EVL models")
         if mc.backbone.weights:  # a vidlab CLIP run's model folder: the backbone takes the sizes it records
-            given = raw.get("backbone") or {}
-            recorded = recorded_vision_sizes(mc.backbone.weights)
-            adopted = {k: v for k, v in recorded.items() if k not in given and mc.backbone[k] != v}
-            if adopted:
-                log.info("model.backbone sizes from %s: %s", mc.backbone.weights, adopted)
-                mc.backbone.update(adopted)
+            recorded = {f"backbone.{k}": v for k, v in recorded_vision_sizes(mc.backbone.weights).items()}
+            adopt_recorded(mc, recorded, OmegaConf.create(raw), mc.backbone.weights)
         frames = self.cfg.data.num_frames
         if frames is not None:
             if "num_frames" in raw and raw["num_frames"] != frames:

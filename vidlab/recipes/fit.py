@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from vidlab.config import load_config
 from vidlab.data.datasets import VideoTextDataset, collate_samples
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
@@ -42,13 +43,15 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
-from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors
+from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors, vidlab_checkpoint_files
 from vidlab.models.factory import (
+    adopt_recorded,
     apply_overrides,
     create_model_with_report,
     model_config,
     typed_model_config,
 )
+from vidlab.models.fit import FAMILY
 from vidlab.models.space_time import SpaceTimeBlock
 from vidlab.tasks.retrieval import CaptionIndex, ranks_from_embeddings, summarize_ranks
 
@@ -115,6 +118,23 @@ class FitTrainConfig(TrainConfig):
 
 # ---------------------------------------------------------------------------------------------------------
 # Text: local folders only
+
+
+def recorded_sizes(source: str) -> dict[str, Any]:
+    """The tower sizes a vidlab Frozen in Time checkpoint records beside its weights (`config.yaml`), as dotted `model`
+    keys; empty for any other file (an official checkpoint's sizes come from the config, or its own shapes)."""
+    files = vidlab_checkpoint_files(source)
+    if files is None or files[1] is None:
+        return {}
+    recorded = load_config(files[1])
+    if recorded.get("family") != FAMILY:
+        return {}  # read_checkpoint names the family mismatch
+    video = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "layer_norm_eps")
+    sizes = {f"video.{key}": recorded.video[key] for key in video}
+    sizes.update({f"text.{key}": recorded.text[key] for key in ("arch", "pooling")})
+    sizes["text.hf_config"] = OmegaConf.to_container(recorded.text.hf_config)
+    sizes.update({key: recorded[key] for key in ("projection", "projection_dim")})
+    return sizes
 
 
 def resolve_model_folder(spec: str, what: str) -> Path:
@@ -273,9 +293,10 @@ class FitRecipe(Recipe):
 
     # -- model ------------------------------------------------------------------------------------------
 
-    def model_config(self) -> DictConfig:
-        """The typed model config: `model.base` (a registered name or YAML), the text tower of
-        `text.weights` when set, then the other `model` keys over both."""
+    def model_config(self, start: str | Path | None = None) -> DictConfig:
+        """The typed model config: `model.base` (a registered name or YAML), the text tower of `text.weights`
+        when set, the sizes recorded beside the weights the model starts from (`start`, by default `init_from`
+        or `eval.checkpoint`: a vidlab folder records them), then the other `model` keys over all."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         mc = model_config(base) if base else typed_model_config(raw)  # type: ignore[arg-type]
@@ -283,6 +304,9 @@ class FitRecipe(Recipe):
             arch, hf = text_tower_config(resolve_model_folder(self.cfg.text.weights, "text.weights"))
             mc.text.arch, mc.text.hf_config = arch, hf
             mc.text.pooling = FIT_POOLING[arch]
+        start = start or self.cfg.init_from or self.cfg.eval.checkpoint
+        if start:
+            adopt_recorded(mc, recorded_sizes(str(start)), OmegaConf.create(raw), str(start))
         if base:
             mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         if self.cfg.text.pooling:
@@ -294,7 +318,7 @@ class FitRecipe(Recipe):
         return typed_model_config(mc)
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
-        mc = self.model_config()
+        mc = self.model_config(start=init_from if isinstance(init_from, (str, Path)) else None)
         created = create_model_with_report(mc, checkpoint=init_from)
         if init_from is None and self.cfg.text.weights:
             load_text_weights(created.model.text_encoder.backbone, resolve_model_folder(self.cfg.text.weights, "text.weights"))

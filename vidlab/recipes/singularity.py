@@ -63,7 +63,7 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.checkpoint import vidlab_checkpoint_files
-from vidlab.models.factory import apply_overrides, create_model_with_report, model_config, typed_model_config
+from vidlab.models.factory import adopt_recorded, apply_overrides, create_model_with_report, model_config, typed_model_config
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.recipes.fit import (
@@ -527,12 +527,8 @@ class SingularityRecipe(Recipe):
         if vision_weights:
             mc.vision.update(image_tower_sizes(vision_weights))
         start = start or self.cfg.init_from or self.cfg.eval.checkpoint
-        recorded = recorded_sizes(str(start)) if start else {}
-        adopted = {k: v for k, v in recorded.items() if OmegaConf.select(explicit, k) is None and OmegaConf.select(mc, k) != v}
-        if adopted:
-            log.info("model sizes from %s (the sizes its config.yaml records): %s", start, adopted)
-            for key, value in adopted.items():
-                OmegaConf.update(mc, key, value)
+        if start:
+            adopt_recorded(mc, recorded_sizes(str(start)), explicit, str(start))
         mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         data, evaluation = self.cfg.data, self.cfg.eval
         expected_task = MODEL_TASK[self.task]
