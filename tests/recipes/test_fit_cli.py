@@ -43,6 +43,7 @@ def _with_missing_video(shapes_root: Path, split: str, out: Path) -> Path:
         ("loss.temperature=0", "loss.temperature must be > 0, got 0.0"),
         ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
         ("data.train=[{name: v, annotations: annotations/captions_train.json, batch_size: 0}]", "training set 'v': batch_size must be >= 1"),
+        ("data.train=[{name: v, annotations: annotations/captions_train.json, batch_size: 64}]", "samples cannot fill one batch of 64"),
         ("data.backend=nope", "unknown video backend 'nope'; known: pyav"),
     ],
 )

@@ -366,17 +366,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
         _attach_eval(module, recipe, splits, rank, world, scfg.data.num_workers)
         trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
-        if rank == 0:
-            if stage.index == first_stage:
-                if resumed_dir is not None:
-                    _check_same_config(run_dir, cfg)
-                else:
-                    save_config(cfg, run_dir / RUN_CONFIG)
-                print(f"run folder: {run_dir}")
-            save_config(scfg, stage_dir / RUN_CONFIG)
-            print(f"stage {stage.dirname}" + (f" (resuming {ckpt})" if ckpt and stage.index == first_stage else ""))
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        module.train_loader = ResumableTrainLoader(
+        module.train_loader = ResumableTrainLoader(  # before the run folder: its batch checks are config errors
             train_sets,
             rank=rank,
             world_size=world,
@@ -388,6 +379,15 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             progress=lambda progress=progress: progress.processed,
             mixing=scfg.data.mixing,
         )
+        if rank == 0:
+            if stage.index == first_stage:
+                if resumed_dir is not None:
+                    _check_same_config(run_dir, cfg)
+                else:
+                    save_config(cfg, run_dir / RUN_CONFIG)
+                print(f"run folder: {run_dir}")
+            save_config(scfg, stage_dir / RUN_CONFIG)
+            print(f"stage {stage.dirname}" + (f" (resuming {ckpt})" if ckpt and stage.index == first_stage else ""))
         try:
             _fit(trainer, module, ckpt if stage.index == first_stage else None)
         finally:

@@ -19,10 +19,11 @@ the DataLoader workers (1 thread each) need the cores anyway.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,16 +125,31 @@ def set_aside(run_dir: Path) -> Path | None:
     return target
 
 
+@contextlib.contextmanager
+def replacing(run_dir: Path) -> Iterator[None]:
+    """Set an earlier run in `run_dir` aside (`set_aside`) for the new run the block trains there. If the new one
+    fails before it wrote its folder (a config error, found before training writes anything), the earlier run is
+    put back: a rerun then finds it where it was."""
+    aside = set_aside(run_dir)
+    try:
+        yield
+    except BaseException:
+        if aside is not None and not run_dir.exists():
+            aside.rename(run_dir)
+            logger.warning("the new run failed before writing %s: the earlier run is back there", run_dir)
+        raise
+
+
 def measured_run(
     config_file: str | Path, overrides: Sequence[str], run_dir: str | Path, torch_threads: int | None = None
 ) -> RunMeasurement:
     """Train into `run_dir` (an earlier run there is set aside) in a fresh process with `torch_threads` intra-op
     threads (None: torch's default) and measure it."""
     run_dir = Path(run_dir)
-    set_aside(run_dir)
     kwargs = {"config_file": str(config_file), "overrides": [*overrides, f"run_dir={run_dir}"], "torch_threads": torch_threads}
-    fields, peak_rss = run_isolated(train_measured, kwargs, preload=PRELOAD)
+    with replacing(run_dir):
+        fields, peak_rss = run_isolated(train_measured, kwargs, preload=PRELOAD)
     return RunMeasurement(**fields, peak_rss_mib=peak_rss)
 
 
-__all__ = ["PRELOAD", "RunMeasurement", "RunMeter", "measured_run", "set_aside", "train_measured"]
+__all__ = ["PRELOAD", "RunMeasurement", "RunMeter", "measured_run", "replacing", "set_aside", "train_measured"]

@@ -379,10 +379,11 @@ def finished_run(run_dir: Path, cfg: Any) -> tuple[Path, dict[str, float]] | Non
 
 def _train(config: Path, overrides: Sequence[str], run_dir: Path, start: Path | None = None) -> tuple[Path, dict[str, float]]:
     """Train into `run_dir` (from the final model of the run in `start`) unless it holds a finished run of the same
-    config (another run there is set aside, not deleted); (final model folder, the evaluation after training)."""
+    config (another run there is set aside, not deleted, and put back if the new one fails before it starts);
+    (final model folder, the evaluation after training)."""
     from vidlab.engine.config import load_train_config
     from vidlab.engine.runner import final_model_dir, train
-    from vidlab.experiments.measure import set_aside
+    from vidlab.experiments.measure import replacing
 
     start_from = [f"init_from={final_model_dir(start)}"] if start is not None else []
     cfg = load_train_config(config, [*overrides, *start_from, f"run_dir={run_dir}"])
@@ -390,8 +391,8 @@ def _train(config: Path, overrides: Sequence[str], run_dir: Path, start: Path | 
     if finished is not None:
         print(f"reusing {run_dir}: it finished with this config")
         return finished
-    set_aside(run_dir)  # a run of another config, or an unfinished one
-    result = train(cfg)
+    with replacing(run_dir):  # a run of another config, or an unfinished one
+        result = train(cfg)
     return result.model_dir, dict(result.metrics)
 
 
