@@ -34,7 +34,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from vidlab.config import load_config
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import (
     WEIGHTS_FILE,
@@ -49,7 +48,7 @@ from vidlab.models.checkpoint import (
 )
 from vidlab.models.clip import CLIP, FAMILY, HEAD_WIDTH, VISION_TOWER_KEYS
 from vidlab.models.errors import CheckpointError
-from vidlab.models.factory import register_checkpoint_format, typed_model_config
+from vidlab.models.factory import recorded_config, register_checkpoint_format, typed_model_config
 from vidlab.models.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 _P = r"(weight|bias)"
@@ -306,11 +305,8 @@ def clip_config_from_official(kwargs: Mapping[str, Any]) -> DictConfig:
 def recorded_vision_sizes(source: str | Path) -> dict[str, Any]:
     """The image tower's sizes a vidlab CLIP checkpoint records beside its weights (`config.yaml`); empty for any
     other file, whose sizes only its tensors tell."""
-    files = vidlab_checkpoint_files(source)
-    if files is None or files[1] is None:
-        return {}
-    recorded = load_config(files[1])
-    if recorded.get("family") != FAMILY:
+    recorded = recorded_config(source, FAMILY)
+    if recorded is None:
         return {}
     return {key: recorded.vision[key] for key in VISION_TOWER_KEYS if key in recorded.vision}
 

@@ -145,6 +145,16 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig
     return cfg
 
 
+def recorded_config(source: str | Path, family: str) -> DictConfig | None:
+    """The model config a vidlab checkpoint of `family` records beside its weights (`config.yaml`); None for any other
+    file (an official one records none) or family (`read_checkpoint` names that mismatch when it loads)."""
+    files = vidlab_checkpoint_files(source)
+    if files is None or files[1] is None:
+        return None
+    recorded = load_config(files[1])
+    return recorded if recorded.get("family") == family else None
+
+
 def adopt_recorded(cfg: DictConfig, recorded: Mapping[str, Any], stated: DictConfig, source: str) -> None:
     """Set the dotted `recorded` entries (the sizes a checkpoint records beside its weights) in `cfg`, except those
     `stated` (what the user's config says under `model`) gives: a model starts at the sizes of the weights it starts

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from vidlab.config import load_config
 from vidlab.data.datasets import VideoTextDataset, collate_samples
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
@@ -43,10 +42,11 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
-from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors, vidlab_checkpoint_files
+from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors
 from vidlab.models.factory import (
     adopt_recorded,
     apply_overrides,
+    recorded_config,
     create_model_with_report,
     model_config,
     typed_model_config,
@@ -123,12 +123,9 @@ class FitTrainConfig(TrainConfig):
 def recorded_sizes(source: str) -> dict[str, Any]:
     """The tower sizes a vidlab Frozen in Time checkpoint records beside its weights (`config.yaml`), as dotted `model`
     keys; empty for any other file (an official checkpoint's sizes come from the config, or its own shapes)."""
-    files = vidlab_checkpoint_files(source)
-    if files is None or files[1] is None:
+    recorded = recorded_config(source, FAMILY)
+    if recorded is None:
         return {}
-    recorded = load_config(files[1])
-    if recorded.get("family") != FAMILY:
-        return {}  # read_checkpoint names the family mismatch
     video = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "layer_norm_eps")
     sizes = {f"video.{key}": recorded.video[key] for key in video}
     sizes.update({f"text.{key}": recorded.text[key] for key in ("arch", "pooling")})

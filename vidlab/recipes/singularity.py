@@ -52,7 +52,6 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from vidlab.config import load_config
 from vidlab.data.datasets import MediaDataset, VideoTextDataset, collate_samples
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BAD_SAMPLES_KEY
@@ -62,8 +61,14 @@ from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
-from vidlab.models.checkpoint import vidlab_checkpoint_files
-from vidlab.models.factory import adopt_recorded, apply_overrides, create_model_with_report, model_config, typed_model_config
+from vidlab.models.factory import (
+    adopt_recorded,
+    apply_overrides,
+    create_model_with_report,
+    model_config,
+    recorded_config,
+    typed_model_config,
+)
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.recipes.fit import (
@@ -177,12 +182,9 @@ def image_tower_sizes(weights: str) -> dict[str, Any]:
 def recorded_sizes(source: str) -> dict[str, Any]:
     """The tower sizes and embedding width a vidlab Singularity checkpoint records beside its weights (`config.yaml`),
     as dotted `model` keys; empty for any other file (an official `.pth` records none: the config states them)."""
-    files = vidlab_checkpoint_files(source)
-    if files is None or files[1] is None:
+    recorded = recorded_config(source, FAMILY)
+    if recorded is None:
         return {}
-    recorded = load_config(files[1])
-    if recorded.get("family") != FAMILY:
-        return {}  # read_checkpoint names the family mismatch
     sizes = {f"vision.{key}": value for key, value in recorded.vision.items()}
     sizes.update({f"text.{key}": recorded.text[key] for key in (*BERT_SIZE_KEYS, "num_hidden_layers", "fusion_layer")})
     sizes["embed_dim"] = recorded.embed_dim
