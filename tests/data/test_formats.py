@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
@@ -203,8 +204,6 @@ def test_a_configured_source_names_the_setting_whose_path_is_missing(tmp_path, m
 
 def test_every_reader_option_that_names_a_file_is_resolved_against_the_root():
     """A new reader option typed as a path must join FILE_OPTIONS, or configs would read it from the working directory."""
-    import inspect
-
     path_options = {
         name
         for reader in READERS.values()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from vidlab.experiments.measure import set_aside
+import pytest
+
+from vidlab.errors import ConfigError
+from vidlab.experiments.measure import replacing, set_aside
 
 
 def test_an_earlier_run_is_set_aside_not_deleted(tmp_path):
@@ -18,11 +21,6 @@ def test_an_earlier_run_is_set_aside_not_deleted(tmp_path):
 
 def test_an_earlier_run_comes_back_when_its_replacement_fails_before_writing(tmp_path):
     """A config error of the new run (found before training writes anything) must not leave the finished run aside."""
-    import pytest
-
-    from vidlab.errors import ConfigError
-    from vidlab.experiments.measure import replacing
-
     run_dir = tmp_path / "templates"
     (run_dir / "model").mkdir(parents=True)
     (run_dir / "model" / "model.safetensors").write_text("finished")

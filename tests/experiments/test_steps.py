@@ -7,6 +7,10 @@ import contextlib
 import math
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,8 +83,6 @@ def test_a_plan_whose_steps_cannot_run_in_order_is_refused(tmp_path: Path, steps
 
 def _sleep(pid_file: Path) -> None:
     pid_file.write_text(str(os.getpid()))
-    import time
-
     time.sleep(120)
 
 
@@ -105,11 +107,6 @@ LAUNCHES = {
 def test_a_killed_experiment_leaves_no_step_running(tmp_path: Path, launch: str):
     """`timeout 590 vidlab experiment ...` then a rerun: the killed run's steps (`run_steps`' processes, and the
     measured trainings of `run_isolated`) must not train on as orphans."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     pid_file = tmp_path / "step.pid"
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from test_steps import _sleep;"

@@ -129,15 +129,15 @@ def read_source(
     absolute; media default to `root`. A missing file or folder is a `ConfigError` naming the setting."""
     root = Path(root)
     under = f"relative paths are under data.root {str(root)!r}"
-    paths = {"annotations": root / annotations, "media_root": root / (media_root or "")}
-    paths.update({f"options.{key}": root / options[key] for key in sorted(FILE_OPTIONS & set(options)) if options[key] is not None})
-    for setting, path in paths.items():
+    annotations, media = root / annotations, root / (media_root or "")
+    files = {key: root / options[key] for key in sorted(FILE_OPTIONS & options.keys()) if options[key] is not None}
+    named = {"annotations": annotations, "media_root": media, **{f"options.{key}": path for key, path in files.items()}}
+    for setting, path in named.items():
         if not path.exists():
             raise ConfigError(f"{where}.{setting}: {path}: file not found ({under})")
-    if not paths["media_root"].is_dir():
-        raise ConfigError(f"{where}.media_root: {paths['media_root']} is not a folder ({under})")
-    options.update({setting.removeprefix("options."): path for setting, path in paths.items() if setting.startswith("options.")})
-    return read_annotations(fmt, paths["annotations"], paths["media_root"], **options)
+    if not media.is_dir():
+        raise ConfigError(f"{where}.media_root: {media} is not a folder ({under})")
+    return read_annotations(fmt, annotations, media, **{**options, **files})
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -76,6 +76,14 @@ class Recipe(ABC):
             self.cfg.data.root, source.annotations, source.format, source.media_root, where=where, **{**source.options, **options}
         )
 
+    def start_weights(self, init_from: str | Path | Mapping[str, Tensor] | None = None) -> str | None:
+        """The file or folder a model's weights come from, for the sizes a vidlab one records beside them: `init_from`
+        when it is a path (the previous stage's model, a run's own at `vidlab eval RUN`), else the configured
+        `init_from` or `eval.checkpoint` (the tensors of a Lightning checkpoint record nothing)."""
+        if isinstance(init_from, (str, Path)):
+            return str(init_from)
+        return self.cfg.init_from or self.cfg.eval.checkpoint
+
     @abstractmethod
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
         """The model and its model config, initialised from `init_from` (a checkpoint path or a state dict

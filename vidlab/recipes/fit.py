@@ -290,10 +290,10 @@ class FitRecipe(Recipe):
 
     # -- model ------------------------------------------------------------------------------------------
 
-    def model_config(self, start: str | Path | None = None) -> DictConfig:
+    def model_config(self, init_from: str | Path | Mapping[str, Tensor] | None = None) -> DictConfig:
         """The typed model config: `model.base` (a registered name or YAML), the text tower of `text.weights`
-        when set, the sizes recorded beside the weights the model starts from (`start`, by default `init_from`
-        or `eval.checkpoint`: a vidlab folder records them), then the other `model` keys over all."""
+        when set, the sizes recorded beside the weights the model starts from (`start_weights`: a vidlab folder
+        records them), then the other `model` keys over all."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         mc = model_config(base) if base else typed_model_config(raw)  # type: ignore[arg-type]
@@ -301,9 +301,9 @@ class FitRecipe(Recipe):
             arch, hf = text_tower_config(resolve_model_folder(self.cfg.text.weights, "text.weights"))
             mc.text.arch, mc.text.hf_config = arch, hf
             mc.text.pooling = FIT_POOLING[arch]
-        start = start or self.cfg.init_from or self.cfg.eval.checkpoint
+        start = self.start_weights(init_from)
         if start:
-            adopt_recorded(mc, recorded_sizes(str(start)), OmegaConf.create(raw), str(start))
+            adopt_recorded(mc, recorded_sizes(start), OmegaConf.create(raw), start)
         if base:
             mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         if self.cfg.text.pooling:
@@ -315,7 +315,7 @@ class FitRecipe(Recipe):
         return typed_model_config(mc)
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
-        mc = self.model_config(start=init_from if isinstance(init_from, (str, Path)) else None)
+        mc = self.model_config(init_from)
         created = create_model_with_report(mc, checkpoint=init_from)
         if init_from is None and self.cfg.text.weights:
             load_text_weights(created.model.text_encoder.backbone, resolve_model_folder(self.cfg.text.weights, "text.weights"))

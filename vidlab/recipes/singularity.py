@@ -511,11 +511,11 @@ class SingularityRecipe(Recipe):
             self._tokenizer = load_tokenizer(self.cfg.text.tokenizer)
         return self._tokenizer
 
-    def model_config(self, with_text_weights: bool = True, start: str | Path | None = None) -> DictConfig:
+    def model_config(self, with_text_weights: bool = True, init_from: str | Path | Mapping[str, Tensor] | None = None) -> DictConfig:
         """The typed model config: `model.base`; the BERT sizes of `text.weights`, the BEiT/ViT sizes of
-        `model.init.vision_weights` and those recorded beside the weights the model starts from (`start`, by
-        default `init_from` or `eval.checkpoint`: a vidlab folder records them); the `model` keys the config
-        states; then what the recipe decides: task, training frames, evaluation settings, special token ids."""
+        `model.init.vision_weights` and those recorded beside the weights the model starts from (`start_weights`:
+        a vidlab folder records them); the `model` keys the config states; then what the recipe decides: task,
+        training frames, evaluation settings, special token ids."""
         raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
         base = raw.pop("base", None)  # type: ignore[union-attr]
         explicit = apply_overrides(OmegaConf.create({}), raw)  # type: ignore[arg-type]
@@ -528,9 +528,9 @@ class SingularityRecipe(Recipe):
         vision_weights = OmegaConf.select(explicit, "init.vision_weights") or mc.init.vision_weights
         if vision_weights:
             mc.vision.update(image_tower_sizes(vision_weights))
-        start = start or self.cfg.init_from or self.cfg.eval.checkpoint
+        start = self.start_weights(init_from)
         if start:
-            adopt_recorded(mc, recorded_sizes(str(start)), explicit, str(start))
+            adopt_recorded(mc, recorded_sizes(start), explicit, start)
         mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
         data, evaluation = self.cfg.data, self.cfg.eval
         expected_task = MODEL_TASK[self.task]
@@ -567,8 +567,7 @@ class SingularityRecipe(Recipe):
         return typed_model_config(mc)
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
-        start = init_from if isinstance(init_from, (str, Path)) else None  # a run's model folder records its own sizes
-        model_cfg = self.model_config(with_text_weights=init_from is None, start=start)
+        model_cfg = self.model_config(with_text_weights=init_from is None, init_from=init_from)
         created = create_model_with_report(model_cfg, checkpoint=init_from)
         self._model_config = created.config
         return created.model, created.config
