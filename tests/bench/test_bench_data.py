@@ -109,3 +109,17 @@ def test_bad_input_is_one_clear_error_line(videos, tmp_path, capsys):
     assert main(["bench", "data", "--videos", str(videos), "--setups", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown setup(s) nope" in err[0]
+
+
+def test_start_methods_are_compared_interleaved_with_every_phase(videos, tmp_path, capsys):
+    results = tmp_path / "report.json"
+    base = ["bench", "data", "--videos", str(videos), "--setups", "evl", "--clips", "2", "--workers", "1", "--backends"]
+    assert main([*base, "--start-methods", "forkserver", "spawn", "--start-repeats", "2", "--json", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "### Worker start methods" in printed and "| start method | first batch | epoch 1 | epoch 2 | restart |" in printed
+    runs = json.loads(results.read_text())["start_methods"]
+    assert [r["method"] for r in runs] == ["forkserver", "spawn", "forkserver", "spawn"]  # interleaved
+    assert all(set(r["seconds"]) == {"first batch", "epoch 1", "epoch 2", "restart"} for r in runs)
+    assert all(0 < r["seconds"]["first batch"] <= r["seconds"]["epoch 1"] for r in runs)
+    assert main([*base, "--start-methods", "thread"]) == 2
+    assert "unknown start method(s) thread" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from vidlab.data.datasets import AudioWindow, MediaDataset, VideoLabelDataset, V
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BadSampleError
 from vidlab.data.transforms import build_transform
+from vidlab.data.workers import loader_kwargs
 from vidlab.errors import ConfigError
 from vidlab.io import read_audio, read_frames
 from vidlab.io.sampling import make_sampler
@@ -133,7 +134,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(media):
     ds.set_epoch(2)
     runs = []
     for workers in (0, 2):
-        loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_samples)
+        loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_samples, **loader_kwargs(workers))
         runs.append(list(loader))
     for a, b in zip(*runs):
         assert torch.equal(a["video"], b["video"]) and a["caption"] == b["caption"] and torch.equal(a["index"], b["index"])

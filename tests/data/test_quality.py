@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from vidlab.data.datasets import VideoLabelDataset, collate_samples
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BadSample, BadSampleError, BadSampleTracker, check_media
+from vidlab.data.workers import loader_kwargs
 from vidlab.io.sampling import make_sampler
 
 
@@ -29,7 +30,7 @@ def mixed_dataset(media: MediaFolder, **kwargs) -> VideoLabelDataset:
 
 
 def run_epochs(ds, tracker: BadSampleTracker, workers: int, epochs: int = 1) -> list[dict]:
-    loader = tracker.wrap(DataLoader(ds, batch_size=5, num_workers=workers, collate_fn=collate_samples))
+    loader = tracker.wrap(DataLoader(ds, batch_size=5, num_workers=workers, collate_fn=collate_samples, **loader_kwargs(workers)))
     batches = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -195,3 +196,15 @@ def test_single_frame_oracle_fails_on_motion_and_solves_appearance(tmp_path: Pat
     assert rows["appearance"].middle_frame >= 0.8
     assert rows["motion"].middle_frame <= 0.35
     assert rows["qa:direction"].middle_frame <= 0.35
+
+
+def test_a_dataset_of_an_older_generator_is_named_as_such_and_never_overwritten(shapesbench_tiny: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(shapesbench_tiny, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["params"]["version"] -= 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShapesBenchError, match=r"made by generator version \d+; this vidlab makes version \d+ of the same "
+                       r"scenes: make it anew with `vidlab data synth --size tiny --seed 0 --out .* --overwrite`"):
+        generate(old, "tiny", seed=0, progress=False)
+    assert json.loads((old / "manifest.json").read_text()) == manifest

@@ -14,6 +14,7 @@ from vidlab.data.datasets import VideoTextDataset, collate_samples
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BadSampleError, BadSampleTracker
 from vidlab.data.shards import ShardDataset, expand_shards, write_shards
+from vidlab.data.workers import loader_kwargs
 from vidlab.errors import ConfigError
 from vidlab.io import VideoReadError
 from vidlab.io.sampling import make_sampler
@@ -71,7 +72,7 @@ def test_ranks_read_disjoint_shards_covering_all(shards):
 
 
 def test_workers_split_a_ranks_shards_and_every_sample_arrives_once(shards):
-    loader = DataLoader(shard_dataset(shards, image_frames="repeat"), batch_size=2, num_workers=2, collate_fn=collate_samples)
+    loader = DataLoader(shard_dataset(shards, image_frames="repeat"), batch_size=2, num_workers=2, collate_fn=collate_samples, **loader_kwargs(2))
     indices = sorted(i for batch in loader for i in batch["index"].tolist())
     assert indices == [0, 1, 2, 3, 4]
 

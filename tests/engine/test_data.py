@@ -1,9 +1,11 @@
 import os
-
-import torch
-from torch.utils.data import Dataset
+import re
+import subprocess
+import sys
 
 import pytest
+import torch
+from torch.utils.data import Dataset
 
 from vidlab.data.datasets import SharedEpoch
 from vidlab.data.mixing import loader_schedule
@@ -179,3 +181,32 @@ def test_workers_live_through_the_epochs_and_give_the_in_process_batches():
     for pid in worker_pids:  # stopped by close()
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+
+STALLED_RUN = """
+import threading, torch
+from torch.utils.data import Dataset
+from vidlab.engine.data import eval_loader
+
+class Stuck(Dataset):  # sample 1 never arrives: its worker waits forever, as a deadlocked decoder would
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        if i == 1:
+            threading.Event().wait()
+        return torch.tensor(i)
+
+if __name__ == "__main__":
+    list(eval_loader(Stuck(), 1, torch.stack, num_workers=2, worker_timeout=3))
+"""
+
+
+def test_a_stalled_worker_stops_loading_with_its_stack_and_the_setting_named(tmp_path):
+    """In a process of its own: workers print to the stderr their fork server started with."""
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_RUN)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "DataLoadingStalled: no batch came from the 2 data loading workers in 3 s (data.worker_timeout" in run.stderr
+    assert re.search(f'File "{re.escape(str(script))}", line \\d+ in __getitem__', run.stderr)  # the stuck worker's stack

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vidlab.io.backends.pyav as pyav_backend
+from vidlab.data.workers import loader_kwargs
 from vidlab.io import (
     BackendUnavailableError,
     available_backends,
@@ -281,9 +282,7 @@ class _ThreadsSeen(torch.utils.data.Dataset):
 
 
 def _threads_in_worker(backend) -> int:
-    loader = torch.utils.data.DataLoader(
-        _ThreadsSeen(backend), batch_size=None, num_workers=1, multiprocessing_context="fork"
-    )
+    loader = torch.utils.data.DataLoader(_ThreadsSeen(backend), batch_size=None, num_workers=1, **loader_kwargs(1))
     return int(next(iter(loader)))
 
 

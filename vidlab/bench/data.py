@@ -16,7 +16,6 @@ Every (setup, workers, method) cell runs in a fresh process (`run_isolated`), so
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from vidlab.bench.common import BenchError, format_ratio, markdown_table, run_is
 from vidlab.data.datasets import AudioWindow, MediaDataset, Transform, sample_rng
 from vidlab.data.formats import MediaRecord
 from vidlab.data.transforms import build_transform
+from vidlab.data.workers import loader_kwargs, start_method
 from vidlab.io import VideoInfo, cli_read_frames, ffmpeg_executable, probe
 from vidlab.io.container import first_video_stream, open_container
 from vidlab.io.ffmpeg import FFMPEG_ENV, run_ffmpeg
@@ -390,7 +390,7 @@ def measure_cell(setup: Setup, method: str, plan: Sequence[PlannedClip], workers
     dataset = clip_dataset(method, setup, plan, seed)
     dataset[0]
     start = time.perf_counter()
-    loaded = sum(1 for _ in DataLoader(dataset, batch_size=None, num_workers=workers))
+    loaded = sum(1 for _ in DataLoader(dataset, batch_size=None, num_workers=workers, **loader_kwargs(workers)))
     seconds = time.perf_counter() - start
     if loaded != len(plan):
         raise BenchError(f"{method}: loaded {loaded} of {len(plan)} clips")
@@ -426,7 +426,7 @@ def run_benchmark(
     _, baseline = run_isolated(_idle, {}, preload=preload)
     report = BenchReport(
         [str(v) for v in videos], video_note, clips, seed, baseline,
-        ffmpeg=lower_bound_ffmpeg(), worker_start=multiprocessing.get_start_method(),
+        ffmpeg=lower_bound_ffmpeg(), worker_start=start_method(),
     )
     methods = METHODS + tuple(backend_method(b) for b in backends)
     cells = [(s, w, m) for s in setups for w in workers for m in methods]

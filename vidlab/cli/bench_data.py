@@ -45,6 +45,12 @@ def register(subparsers) -> None:
         "--backends", nargs="*", metavar="NAME",
         help="decoder backends to compare as extra decode-only rows (default: every installed one)",
     )
+    parser.add_argument(
+        "--start-methods", nargs="*", metavar="NAME", default=["forkserver", "fork", "spawn"],
+        help="worker start methods to compare on the EVL setup at the largest worker count (default: forkserver "
+        "fork spawn; none to skip)",
+    )
+    parser.add_argument("--start-repeats", type=at_least(1), default=3, metavar="N", help="interleaved runs per start method (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip choice (default: 0)")
     parser.add_argument("--out", type=Path, metavar="FILE.md", help="also write the markdown report to this file")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to this file")
@@ -53,8 +59,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vidlab.bench import data as bench
+    from vidlab.bench import worker_start
     from vidlab.io import available_backends
 
+    worker_start.check_methods(args.start_methods)
     if args.videos is not None:
         videos, note = bench.videos_in(args.videos), f"from {args.videos}"
     else:
@@ -69,11 +77,21 @@ def run(args: argparse.Namespace) -> int:
         backends=available_backends() if args.backends is None else args.backends,
     )
     markdown = bench.render_markdown(report)
+    data = bench.report_json(report)
+    if args.start_methods and max(args.workers) > 0:
+        setup = bench.SETUPS[bench.TARGET_SETUP]
+        plan = bench.plan_clips(setup, videos, args.clips, args.seed)
+        dataset_args = {"method": bench.VIDLAB, "setup": setup, "plan": plan, "seed": args.seed}
+        runs = worker_start.run_start_methods(
+            dataset_args, max(args.workers), args.start_methods, args.start_repeats, preload=[bench.__name__]
+        )
+        markdown += "\n" + worker_start.render_start_methods(runs, setup.title, args.clips, max(args.workers))
+        data["start_methods"] = [{"method": r.method, "seconds": r.seconds} for r in runs]
     print(markdown, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(markdown)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(bench.report_json(report), indent=2) + "\n")
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0

@@ -60,15 +60,18 @@ def retrieve(stage_cfg: DictConfig, model_dir: Path, queries: Sequence[str], k: 
     """
     import torch
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader
 
+    from vidlab.engine.data import eval_loader
     from vidlab.engine.recipe import get_recipe
 
     recipe = get_recipe(stage_cfg)
     model, _ = recipe.build_model(model_dir)
     model.eval()
     eval_set = recipe.eval_set(stage_cfg.eval.split)
-    loader = DataLoader(eval_set.dataset, batch_size=eval_set.batch_size, collate_fn=eval_set.collate, num_workers=stage_cfg.data.num_workers)
+    loader = eval_loader(
+        eval_set.dataset, eval_set.batch_size, eval_set.collate,
+        num_workers=stage_cfg.data.num_workers, worker_timeout=stage_cfg.data.worker_timeout,
+    )
     video_embeds, video_index = [], []
     with torch.inference_mode():
         for batch in loader:

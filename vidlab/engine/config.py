@@ -128,6 +128,7 @@ class DataConfig:
     root: str = "."  # relative annotation / media paths are relative to this
     shapesbench: ShapesBenchSourceConfig | None = None  # generate ShapesBench into `root` first (reused if there)
     num_workers: int = 2
+    worker_timeout: float = 600.0  # seconds without a batch from the workers before the run stops (0: wait forever)
     mixing: str = "zip"  # several training sets: zip (FiT, one batch of each per step) | schedule (Singularity)
     steps_per_epoch: int | None = None  # cap on steps per epoch (FiT's max_samples_per_epoch)
     max_bad_fraction: float = 0.05  # training stops when more samples than this fail to read
@@ -240,6 +241,7 @@ def _validate(cfg: DictConfig) -> None:
             "trainer.log_every_n_steps": 1,
             "trainer.check_val_every_n_epoch": 1,
             "data.num_workers": 0,
+            "data.worker_timeout": 0,
             "data.steps_per_epoch": 1,
             "eval.batch_size": 1,
             "optim.lr": 0,

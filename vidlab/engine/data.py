@@ -27,13 +27,45 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidlab.data.mixing import MetaLoader, ZipLoader, loader_schedule, set_epoch
 from vidlab.data.quality import BAD_SAMPLES_KEY, BadSampleTracker
-from vidlab.errors import ConfigError
+from vidlab.data.workers import dump_stacks, loader_kwargs
+from vidlab.errors import ConfigError, VidlabError
 
 log = logging.getLogger(__name__)
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 MIXINGS = ("zip", "schedule")
 TRAIN_SET_KEY = "train_set"  # batch key: the name of the training set the batch comes from
+
+
+class DataLoadingStalled(VidlabError):
+    """No batch came from the loading workers within `data.worker_timeout`."""
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose workers start vidlab's way (`vidlab.data.workers`) and whose stall is an error:
+    when no batch comes within `timeout` seconds, the workers print their stacks and the error names the
+    setting, instead of a run that waits forever."""
+
+    def __init__(self, dataset: Dataset, *, num_workers: int = 0, timeout: float = 0, **kwargs: Any):
+        super().__init__(dataset, num_workers=num_workers, timeout=timeout if num_workers else 0,
+                         **loader_kwargs(num_workers), **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if not self.timeout or "timed out" not in str(e):
+                    raise
+                dump_stacks([w.pid for w in getattr(iterator, "_workers", [])])
+                raise DataLoadingStalled(
+                    f"no batch came from the {self.num_workers} data loading workers in {self.timeout:g} s "
+                    "(data.worker_timeout; 0 waits forever); their stacks are printed above"
+                ) from None
+            yield batch
 
 
 @dataclass
@@ -96,6 +128,7 @@ class ResumableTrainLoader:
         world_size: int = 1,
         seed: int = 0,
         num_workers: int = 0,
+        worker_timeout: float = 0,
         steps_per_epoch: int | None = None,
         tracker: BadSampleTracker | None = None,
         pin_memory: bool = False,
@@ -114,6 +147,7 @@ class ResumableTrainLoader:
         self.samplers = [GlobalBatchSampler(len(s.dataset), s.batch_size, rank, world_size, seed) for s in self.sets]
         self.seed = seed
         self.num_workers = num_workers
+        self.worker_timeout = worker_timeout
         self.steps_per_epoch = steps_per_epoch
         self.tracker = tracker
         self.pin_memory = pin_memory
@@ -163,11 +197,12 @@ class ResumableTrainLoader:
         sampler.set_epoch(self.epoch)
         loader = self._loaders.get(train_set.name)
         if loader is None:
-            loader = self._loaders[train_set.name] = DataLoader(
+            loader = self._loaders[train_set.name] = WorkerLoader(
                 train_set.dataset,
                 batch_sampler=sampler,
                 collate_fn=train_set.collate,
                 num_workers=self.num_workers,
+                timeout=self.worker_timeout,
                 pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
                 # its own generator: creating worker seeds must not consume the global RNG the model uses
@@ -227,13 +262,17 @@ class _ShardSampler:
         return iter(self.indices)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, collate: Collate, *, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, collate: Collate, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+    worker_timeout: float = 0,
+) -> DataLoader:
     """This rank's shard of an evaluation set, in index order."""
-    return DataLoader(
+    return WorkerLoader(
         dataset,
         batch_size=batch_size,
         sampler=_ShardSampler(len(dataset), rank, world_size),  # type: ignore[arg-type]
         collate_fn=collate,
         num_workers=num_workers,
+        timeout=worker_timeout,
         generator=torch.Generator().manual_seed(0),
     )

@@ -297,12 +297,13 @@ def _module(recipe: Recipe, cfg: DictConfig, init_from: str | Path | None) -> tu
     return VidlabModule(recipe, model.train(), cfg), model_cfg
 
 
-def _attach_eval(module: VidlabModule, recipe: Recipe, splits: Sequence[str], rank: int, world: int, num_workers: int) -> None:
+def _attach_eval(module: VidlabModule, recipe: Recipe, splits: Sequence[str], rank: int, world: int, data: DictConfig) -> None:
     for split in splits:
         eval_set = recipe.eval_set(split)
         if eval_set is not None:
             module.eval_loaders[split] = eval_loader(
-                eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world, num_workers=num_workers
+                eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world,
+                num_workers=data.num_workers, worker_timeout=data.worker_timeout,
             )
 
 
@@ -364,7 +365,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         train_sets = recipe.train_sets()
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
-        _attach_eval(module, recipe, splits, rank, world, scfg.data.num_workers)
+        _attach_eval(module, recipe, splits, rank, world, scfg.data)
         trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         module.train_loader = ResumableTrainLoader(  # before the run folder: its batch checks are config errors
@@ -373,6 +374,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             world_size=world,
             seed=scfg.seed,
             num_workers=scfg.data.num_workers,
+            worker_timeout=scfg.data.worker_timeout,
             steps_per_epoch=scfg.data.steps_per_epoch,
             tracker=tracker,
             pin_memory=torch.cuda.is_available(),
@@ -495,7 +497,7 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     model, _ = recipe.build_model(load_checkpoint_weights(weights))
     module = VidlabModule(recipe, model.eval(), scfg)
     split = scfg.eval.split
-    _attach_eval(module, recipe, [split], rank, world, scfg.data.num_workers)
+    _attach_eval(module, recipe, [split], rank, world, scfg.data)
     if split not in module.eval_loaders:
         raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
     devices, num_nodes = _devices(scfg)

@@ -10,10 +10,11 @@ parameters returns at once, which makes it safe to call from every test session 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ from vidlab.data.shapesbench.text import (
     video_captions,
     video_questions,
 )
+from vidlab.data.workers import WorkerSetup, worker_context
 
-GENERATOR_VERSION = 1  # bump whenever output for the same parameters changes
+GENERATOR_VERSION = 2  # bump whenever output for the same parameters changes
 MANIFEST = "manifest.json"
 SERIAL_BELOW = 200  # files; smaller datasets are generated in-process unless num_workers says otherwise
 VIDEO_DIR = "videos"
@@ -125,6 +127,13 @@ def generate(
     if existing is not None:
         if existing["params"] == params:
             return root
+        if not overwrite and {**existing["params"], "version": GENERATOR_VERSION} == params:
+            raise ShapesBenchError(
+                f"{root} holds ShapesBench made by generator version {existing['params'].get('version')}; this "
+                f"vidlab makes version {GENERATOR_VERSION} of the same scenes: make it anew with `vidlab data synth "
+                f"--size {size} --seed {seed}{'' if count is None else f' --count {count}'} --out {root} --overwrite` "
+                "(or choose another folder)"
+            )
         if not overwrite:
             raise ShapesBenchError(
                 f"{root} holds ShapesBench {_describe(existing['params'])}, not {_describe(params)}; "
@@ -205,10 +214,15 @@ def _build(staging: Path, preset: Preset, seed: int, params: dict[str, Any], num
                 records.append(_make_item(job))
                 bar.update()
         else:
-            with _pool_context().Pool(workers) as pool:
-                for record in pool.imap_unordered(_make_item, jobs, chunksize=4):
-                    records.append(record)
-                    bar.update()
+            # An executor, not a Pool: a worker that dies (killed, out of memory) fails the build at once
+            # instead of being replaced again and again.
+            try:
+                with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=WorkerSetup()) as pool:
+                    for record in pool.map(_make_item, jobs, chunksize=4):
+                        records.append(record)
+                        bar.update()
+            except BrokenProcessPool as e:
+                raise ShapesBenchError(f"a generation worker process died: {e}") from None
     videos = sorted((r for r in records if r["kind"] == "video"), key=lambda r: r["index"])
     images = sorted((r for r in records if r["kind"] == "image"), key=lambda r: r["index"])
     write_annotations(staging, videos, images)
@@ -275,15 +289,6 @@ def _spread_splits(n: int, fractions: tuple[float, float, float]) -> list[str]:
         assigned[s] += 1
         out.append(SPLITS[s])
     return out
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """`fork` where the platform has it: workers start in milliseconds and, unlike `spawn` and
-    `forkserver`, do not re-run the caller's main script (a script without a `__main__` guard would
-    otherwise start workers forever). Workers only run numpy, PIL and PyAV code, so no lock held
-    by another thread of the caller (torch's, tqdm's) is ever taken in them."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def _usable_cpus() -> int:

@@ -1,0 +1,94 @@
+"""How vidlab starts worker processes: never by a bare fork of a parent that has decoded."""
+
+from __future__ import annotations
+
+import gc
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from _data_fixtures import build_media_folder
+from torch.utils.data import DataLoader, Dataset
+
+from vidlab.data.workers import START_ENV, loader_kwargs, start_method, worker_context
+from vidlab.errors import ConfigError
+from vidlab.io import read_frames
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    return build_media_folder(tmp_path_factory.mktemp("workers"), num_good=1).good_paths[0]
+
+
+class CollectAndDecode(Dataset):
+    """Each item first runs the garbage collector (as Python may at any allocation), then decodes a frame."""
+
+    def __init__(self, path: str, size: int = 4):
+        self.path, self.size = path, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        gc.collect()
+        return read_frames(self.path, [index])
+
+
+def _threaded_graph_garbage() -> None:
+    """An RGB-conversion graph that has run with swscale's slice threads, left as unreachable garbage (a
+    filter graph's nodes point back at it, so only the collector frees it): the object whose free, in a
+    forked child, joined threads that do not exist there and hung DataLoader workers with PyAV 18.1.1."""
+    graph = av.filter.Graph()
+    graph.threads = 0  # one per core
+    source = graph.add_buffer(width=640, height=360, format="yuv420p", time_base=Fraction(1, 30))
+    nodes = [source, graph.add("scale", "w=640:h=360"), graph.add("format", "pix_fmts=rgb24"), graph.add("buffersink")]
+    for a, b in zip(nodes, nodes[1:]):
+        a.link_to(b)
+    graph.configure()
+    frame = av.VideoFrame.from_ndarray(np.zeros((540, 640), np.uint8), format="yuv420p")
+    frame.time_base, frame.pts = Fraction(1, 30), 0
+    graph.push(frame)
+    graph.pull()
+
+
+def test_workers_of_a_parent_that_decoded_and_holds_ffmpeg_threads_do_not_hang(video):
+    """The pattern of an evaluation before training: decode in the parent with the threaded decoder, then
+    iterate a DataLoader with workers. A hang fails after the loader's timeout instead of never ending."""
+    expected = [read_frames(video, [i]) for i in range(4)]  # the parent decodes, FFmpeg threads and all
+    gc.disable()  # the parent must not free the garbage itself before the workers start
+    try:
+        _threaded_graph_garbage()
+        loader = DataLoader(CollectAndDecode(video), batch_size=None, num_workers=2, timeout=60, **loader_kwargs(2))
+        frames = list(loader)
+    finally:
+        gc.enable()
+    assert all(torch.equal(a, b) for a, b in zip(frames, expected)) and len(frames) == 4
+
+
+class ReadEnv(Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> str:
+        return os.environ.get("VIDLAB_TEST_VALUE", "unset")
+
+
+def test_workers_see_the_environment_of_the_parent_when_the_loader_is_made(monkeypatch):
+    worker_context()  # the fork server may already run, with the environment of that moment
+    monkeypatch.setenv("VIDLAB_TEST_VALUE", "set after the server started")
+    loader = DataLoader(ReadEnv(), batch_size=None, num_workers=1, **loader_kwargs(1))
+    assert next(iter(loader)) == "set after the server started"
+
+
+def test_start_method_defaults_to_the_fork_server_and_can_be_chosen(monkeypatch):
+    monkeypatch.delenv(START_ENV, raising=False)
+    assert start_method() == "forkserver"
+    assert loader_kwargs(0) == {}  # no workers: nothing to start
+    monkeypatch.setenv(START_ENV, "spawn")
+    assert start_method() == "spawn" and loader_kwargs(2)["multiprocessing_context"].get_start_method() == "spawn"
+    monkeypatch.setenv(START_ENV, "thread")
+    with pytest.raises(ConfigError, match=f"{START_ENV} must be one of forkserver, spawn, fork, got 'thread'"):
+        start_method()

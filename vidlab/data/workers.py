@@ -1,0 +1,92 @@
+"""How vidlab starts worker processes (DataLoader workers, ShapesBench encoders): never by a bare fork.
+
+A forked child inherits the parent's memory but only the forking thread. FFmpeg objects the parent made
+(a decoder's frame threads, swscale's slice threads inside a filter graph or a frame reformatter) still
+exist in the child as data; when the child frees one (Python's garbage collector may do it at any time),
+FFmpeg joins threads that do not exist there, and glibc may already have handed their stacks to the
+child's own threads: the join waits forever. Seen with PyAV 18.1.1 (whose swscale starts slice threads):
+DataLoader workers hung at 0 % CPU after the parent had decoded a clip, and ShapesBench generation hung
+the same way after encoding in the parent.
+
+So workers start from a fork server: a clean process, started once, that imports torch, PyAV and vidlab's
+data modules and never decodes; each worker is forked from it and receives its dataset by pickling, and
+the parent's environment variables as they are when the loader is made (a fork server's children would
+otherwise see the environment of the moment the server started). Where the platform has no fork server,
+`spawn`. `VIDLAB_WORKER_START=fork|forkserver|spawn` overrides
+the choice (fork is then the caller's risk). The cost, measured by `vidlab bench data`, is in
+docs/benchmarks.md. As with `spawn`, a script that starts workers needs an `if __name__ == "__main__":`
+guard, since each worker imports the caller's main module.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from vidlab.errors import ConfigError
+
+START_ENV = "VIDLAB_WORKER_START"
+START_METHODS = ("forkserver", "spawn", "fork")
+STACKS_SIGNAL = getattr(signal, "SIGUSR1", None)  # none on Windows
+# Imported once by the fork server, so a worker starts without importing them again.
+PRELOAD = ["torch", "numpy", "av", "vidlab.io", "vidlab.data.datasets", "vidlab.data.transforms", "vidlab.data.shards"]
+
+
+def start_method() -> str:
+    """The start method workers use here: `VIDLAB_WORKER_START`, else forkserver where available, else spawn."""
+    available = multiprocessing.get_all_start_methods()
+    chosen = os.environ.get(START_ENV, "").strip()
+    if chosen:
+        if chosen not in START_METHODS:
+            raise ConfigError(f"{START_ENV} must be one of {', '.join(START_METHODS)}, got {chosen!r}")
+        if chosen not in available:
+            raise ConfigError(f"{START_ENV}={chosen}: this platform offers only {', '.join(available)}")
+        return chosen
+    return "forkserver" if "forkserver" in available else "spawn"
+
+
+def worker_context() -> BaseContext:
+    """The multiprocessing context every vidlab worker pool and DataLoader with workers starts from."""
+    method = start_method()
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (once per process)
+    return context
+
+
+class WorkerSetup:
+    """Run first in every worker: the parent's environment variables as they were when this object was made,
+    and `STACKS_SIGNAL` dumping the worker's Python stacks to stderr (what a stalled loader asks for)."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+
+    def __call__(self, *_: Any) -> None:  # a DataLoader passes the worker id, an executor nothing
+        os.environ.clear()
+        os.environ.update(self.environ)
+        if STACKS_SIGNAL is not None:
+            faulthandler.register(STACKS_SIGNAL, all_threads=True)
+
+
+def loader_kwargs(num_workers: int) -> dict[str, Any]:
+    """DataLoader arguments that start its workers vidlab's way; none without workers (nothing starts)."""
+    if num_workers <= 0:
+        return {}
+    return {"multiprocessing_context": worker_context(), "worker_init_fn": WorkerSetup()}
+
+
+def dump_stacks(pids: list[int]) -> None:
+    """Ask workers started with `WorkerSetup` to print their stacks, and give them a moment to."""
+    if STACKS_SIGNAL is None:
+        return
+    for pid in pids:  # one at a time, so that their stacks do not interleave
+        try:
+            os.kill(pid, STACKS_SIGNAL)
+        except ProcessLookupError:
+            continue
+        time.sleep(0.3)
