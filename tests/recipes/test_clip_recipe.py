@@ -91,7 +91,7 @@ def trained_run(shapes_root: Path, text_folder: Path, tmp_path_factory: pytest.T
 
 
 def test_tokenizer_adapter_follows_clip_conventions(text_folder):
-    from vidlab.recipes.fit import load_tokenizer
+    from vidlab.models.text import load_tokenizer
 
     wrapped = load_tokenizer(str(text_folder))
     tokenizer = ClipTokenizer(wrapped, context_length=8)
@@ -109,7 +109,7 @@ def test_tokenizer_adapter_follows_clip_conventions(text_folder):
 
 
 def test_padding_does_not_change_a_text_embedding(text_folder):
-    from vidlab.recipes.fit import load_tokenizer
+    from vidlab.models.text import load_tokenizer
 
     tokenizer = ClipTokenizer(load_tokenizer(str(text_folder)), context_length=16)
     torch.manual_seed(0)

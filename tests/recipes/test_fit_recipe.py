@@ -12,12 +12,11 @@ from safetensors.torch import load_file
 
 from vidlab.engine.config import load_train_config, resolve_stages
 from vidlab.errors import ConfigError
+from vidlab.models.text import resolve_model_folder
 from vidlab.recipes.fit import (
     FitRecipe,
     FitTrainConfig,
     mean_over_views,
-    resolve_model_folder,
-    retrieval_metrics,
 )
 from vidlab.tasks.retrieval import CaptionIndex, fit_retrieval_metrics
 
@@ -61,9 +60,18 @@ def test_chunked_retrieval_matches_the_full_matrix_protocol():
     text_to_video = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
     texts = torch.nn.functional.normalize(videos[text_to_video] + torch.randn(10, 8, generator=generator), dim=1)
     texts[3] = texts[4]  # a tie among captions
-    chunked = retrieval_metrics(texts, videos, text_to_video, chunk_size=3)
-    full = fit_retrieval_metrics(texts @ videos.T, CaptionIndex.from_text_to_video(text_to_video, 6))
+    captions = CaptionIndex.from_text_to_video(text_to_video, 6)
+    chunked = fit_retrieval_metrics((texts, videos), captions, chunk_size=3)
+    full = fit_retrieval_metrics(texts @ videos.T, captions)
     assert chunked["t2v"] == pytest.approx(full["t2v"]) and chunked["v2t"] == pytest.approx(full["v2t"])
+
+
+def test_training_and_the_golden_check_score_retrieval_with_one_function():
+    import vidlab.golden_checks.metrics as golden_metrics
+    import vidlab.recipes.clip as clip_recipe
+    import vidlab.recipes.fit as fit_recipe
+
+    assert fit_recipe.fit_retrieval_metrics is clip_recipe.fit_retrieval_metrics is golden_metrics.fit_retrieval_metrics
 
 
 def test_video_embedding_is_the_mean_of_its_views():

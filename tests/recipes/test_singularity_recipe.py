@@ -20,7 +20,7 @@ from vidlab.engine.recipe import get_recipe
 from vidlab.engine.runner import evaluate, train
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
-from vidlab.recipes.fit import resolve_model_folder
+from vidlab.models.text import resolve_model_folder
 from vidlab.recipes.singularity import RetrievalTables, clean_text
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "singularity"

@@ -24,6 +24,7 @@ import faulthandler
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -50,9 +51,20 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in available else "spawn"
 
 
+def _check_main_importable(method: str) -> None:
+    """Workers started by forkserver or spawn import the caller's main script again, by its path."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if method != "fork" and main_file is not None and not os.path.isfile(main_file):
+        raise ConfigError(
+            f"worker processes import the main script again, and {main_file!r} is not a file (a script read from "
+            "standard input?): run it from a file, or use no workers (data.num_workers=0)"
+        )
+
+
 def worker_context() -> BaseContext:
     """The multiprocessing context every vidlab worker pool and DataLoader with workers starts from."""
     method = start_method()
+    _check_main_importable(method)
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (once per process)
@@ -71,6 +83,16 @@ class WorkerSetup:
         os.environ.update(self.environ)
         if STACKS_SIGNAL is not None:
             faulthandler.register(STACKS_SIGNAL, all_threads=True)
+
+
+def start_early(num_workers: int) -> None:
+    """Start the fork server now when workers will be needed: it imports torch and PyAV (~3 s) in its own process
+    while the caller builds the model, instead of before the first batch."""
+    if num_workers > 0 and start_method() == "forkserver":
+        worker_context()
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def loader_kwargs(num_workers: int) -> dict[str, Any]:

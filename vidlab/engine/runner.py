@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
+from vidlab.data.workers import start_early
 from vidlab.engine import distributed
 from vidlab.engine.config import Stage, load_train_config, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
@@ -360,6 +361,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         scfg = stage.config
         pl.seed_everything(scfg.seed, workers=True, verbose=False)
         recipe = get_recipe(scfg)
+        start_early(scfg.data.num_workers)
         recipe.prepare_data()
         module, model_cfg = _module(recipe, scfg, init_from)
         train_sets = recipe.train_sets()
@@ -493,6 +495,7 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     distributed.init_process_group(scfg.trainer.accelerator)
     rank, world = distributed.world()
     recipe = get_recipe(scfg)
+    start_early(scfg.data.num_workers)
     recipe.prepare_data()
     model, _ = recipe.build_model(load_checkpoint_weights(weights))
     module = VidlabModule(recipe, model.eval(), scfg)

@@ -1,4 +1,6 @@
-"""Golden checks of Frozen in Time against outputs of the official code (cases `fit_spacetime`, `fit_curriculum`).
+"""Golden checks of Frozen in Time against outputs of the official code: a model case (official constructor
+`kwargs`, like `fit_spacetime`) or a curriculum case (a `source_model` loaded into a `target_model` of another
+frame count, like `fit_curriculum`), told apart by the case json, never by the case name.
 
 Each check builds the model from the official constructor arguments recorded in the case json through
 `fit_config_from_official`, loads the weights through `create_model` twice - (a) the case's
@@ -10,6 +12,7 @@ entry of the `fit` family.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,20 +76,35 @@ def _check_all(
             _compare(name, computed[name](), tensors[name], atol, rtol, label)
 
 
+# `...video_embed_first3frames` / `..._first1frame`: the video embedding of the input's first N frames
+_FIRST_FRAMES = re.compile(r"video_embed_first(\d+)frames?$")
+
+
+def _first_frames_outputs(
+    model: FrozenInTime, video: Tensor, names: list[str], prefix: str
+) -> dict[str, Callable[[], Tensor]]:
+    """The case's `PREFIX...video_embed_firstNframe(s)` tensors, whatever N the case chose."""
+    computed = {}
+    for name in names:
+        match = _FIRST_FRAMES.search(name) if name.startswith(prefix) else None
+        if match:
+            computed[name] = lambda m=model, n=int(match.group(1)): m.encode_video(video[:, :n])
+    return computed
+
+
 def _spacetime_outputs(model: FrozenInTime, tensors: Mapping[str, Tensor]) -> dict[str, Callable[[], Tensor]]:
     video, ids, mask = tensors["input.video"], tensors["input.text_input_ids"], tensors["input.text_attention_mask"]
-    return {
+    computed = {
         "output.text_embed": lambda: model.encode_text(ids, mask),
         "output.video_embed": lambda: model.encode_video(video),
         "output.sim_text_video": lambda: cosine_similarity_matrix(
             model.encode_text(ids, mask), model.encode_video(video)
         ),
-        "output.video_embed_first2frames": lambda: model.encode_video(video[:, :2]),
-        "output.video_embed_first1frame": lambda: model.encode_video(video[:, :1]),
         "debug.video_tokens_after_final_norm": lambda: model.video_encoder.forward_features(video),
         "debug.video_cls_before_proj": lambda: model.video_encoder(video),
         "debug.text_cls_before_proj": lambda: model.text_encoder(ids, mask),
     }
+    return {**computed, **_first_frames_outputs(model, video, list(tensors), "output.video_embed_first")}
 
 
 def _spacetime_config(case: Mapping[str, Any]) -> DictConfig:
@@ -114,7 +132,7 @@ def check_fit_spacetime(case: dict, tensors: dict[str, Tensor], golden_dir: Path
     }
     for label, checkpoint in sources.items():
         model = create_model(cfg, checkpoint=checkpoint)
-        _check_all(tensors, _spacetime_outputs(model, tensors), atol, rtol, f"fit_spacetime ({label})")
+        _check_all(tensors, _spacetime_outputs(model, tensors), atol, rtol, f"{case.get('case', 'fit')} ({label})")
 
 
 def _curriculum_config(constructor: Mapping[str, Any], params: Mapping[str, Any]) -> DictConfig:
@@ -130,33 +148,43 @@ def _curriculum_config(constructor: Mapping[str, Any], params: Mapping[str, Any]
 
 
 def check_fit_curriculum(case: dict, tensors: dict[str, Tensor], golden_dir: Path) -> None:
-    """A 1-frame checkpoint loaded into a 4-frame model with each temporal inflation mode."""
+    """A checkpoint of one frame count loaded into a model of another, with each temporal inflation mode: the
+    `output.<fix>.*` tensors come from the target model, `output.<N>frame_model.*` from the source model."""
     atol, rtol = _tolerance(case)
     constructor = case["constructor"]
     source_cfg = _curriculum_config(constructor, constructor["source_model"])
     target_cfg = _curriculum_config(constructor, constructor["target_model"])
     video, ids, mask = tensors["input.video"], tensors["input.text_input_ids"], tensors["input.text_attention_mask"]
-    fixes = sorted({k.split(".")[1] for k in tensors if k.startswith("output.") and k.split(".")[1] != "1frame_model"})
+    groups = {k.split(".")[1] for k in tensors if k.startswith("output.")}
+    source_groups = sorted(g for g in groups if g.endswith("_model"))
+    fixes = sorted(groups - set(source_groups))
     sources = {
         "state_dict tensors": {"state_dict": _official_state_dict(tensors)},
         "official file": _official_file(case, Path(golden_dir)),
     }
     for label, checkpoint in sources.items():
         source_model = create_model(source_cfg, checkpoint=checkpoint)
-        computed: dict[str, Callable[[], Tensor]] = {
-            "output.1frame_model.video_embed_first1frame": lambda m=source_model: m.encode_video(video[:, :1])
-        }
+        computed: dict[str, Callable[[], Tensor]] = {}
+        for group in source_groups:
+            computed.update(_first_frames_outputs(source_model, video, list(tensors), f"output.{group}."))
         for fix in fixes:
             model = create_model(apply_overrides(target_cfg, {"init.temporal_inflation": fix}), checkpoint=checkpoint)
             computed[f"output.{fix}.temporal_embed_after_load"] = lambda m=model: m.video_encoder.temporal_embed
             computed[f"output.{fix}.video_embed"] = lambda m=model: m.encode_video(video)
             computed[f"output.{fix}.text_embed"] = lambda m=model: m.encode_text(ids, mask)
-        _check_all(tensors, computed, atol, rtol, f"fit_curriculum ({label})")
+        _check_all(tensors, computed, atol, rtol, f"{case.get('case', 'fit')} ({label})")
 
 
 def check_fit(case: GoldenCase) -> None:
-    """Golden-harness entry for the `fit` family: runs the check named by the case."""
-    checks = {"fit_spacetime": check_fit_spacetime, "fit_curriculum": check_fit_curriculum}
-    if case.name not in checks:
-        raise GoldenMismatch(f"no FiT check for golden case {case.name!r} (known: {', '.join(checks)})")
-    checks[case.name](case.spec, case.tensors(), case.folder)
+    """Golden-harness entry for the `fit` family: a curriculum case (source and target models) or a model case."""
+    constructor = case.spec.get("constructor", {})
+    if "source_model" in constructor and "target_model" in constructor:
+        check = check_fit_curriculum
+    elif "kwargs" in constructor:
+        check = check_fit_spacetime
+    else:
+        raise GoldenMismatch(
+            f"golden case {case.name!r}: its constructor has neither 'kwargs' (a FiT model) nor "
+            "'source_model' + 'target_model' (a frame curriculum)"
+        )
+    check(case.spec, case.tensors(), case.folder)

@@ -1,5 +1,7 @@
-"""Golden checks of Singularity against outputs of the official code (cases `singularity_model`,
-`singularity_temporal`, `singularity_qa`, `singularity_ensemble`).
+"""Golden checks of Singularity against outputs of the official code: retrieval models (frame-level and
+temporal, like `singularity_model` / `singularity_temporal`), QA (`singularity_qa`) and re-ranking on stub
+inputs (`singularity_ensemble`), told apart by the case's inputs; sizes, frame counts and temperatures come
+from the case's tensors and json.
 
 The model cases build the model from the official constructor arguments recorded in the case json
 (`singularity_config_from_official`), load the case's `state_dict.*` tensors through `create_model` as an
@@ -11,6 +13,7 @@ frame-mean similarity on the stub inputs the official `evaluation()` was run wit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +32,9 @@ from vidlab.tasks.ensemble import FRAME_ENSEMBLES
 from vidlab.tasks.rerank import extract_features, model_pair_scorer, rerank_topk
 
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
+_FRAMES = re.compile(r"(?:output|debug)\.frames(\d+)\.(\w+)$")
+_UPDATED_POOLER = "output.update_pooler_embed_true."
+_TEMPERATURE = re.compile(r"output\.get_sim\.t(\d+(?:p\d+)?)\.sim_(i2t|t2i)$")  # t0p05: temperature 0.05
 LEGACY_INDEX = "debug.legacy_relative_position_index"
 
 Outputs = dict[str, Callable[[], Tensor]]
@@ -115,36 +121,40 @@ def _retrieval_outputs(model: Singularity, tensors: Mapping[str, Tensor], modes:
     return outputs
 
 
-def check_singularity_model(case: GoldenCase) -> None:
+def _frames_outputs(model: Singularity, tensors: Mapping[str, Tensor]) -> Outputs:
+    """`output.frames<N>.*` / `debug.frames<N>.*`: the model on N frames, the first N of `input.video` or
+    `input.video_<N>frames` where the case gives one (more frames than the temporal embedding holds)."""
+    outputs: Outputs = {}
+    for name in tensors:
+        match = _FRAMES.match(name)
+        if not match:
+            continue
+        count, what = int(match.group(1)), match.group(2)
+        video = tensors.get(f"input.video_{count}frames", tensors["input.video"][:, :count])
+        if what == "image_embeds":
+            outputs[name] = lambda v=video: model.encode_video(v).memory
+        elif what == "pooled_vision_embeds":
+            outputs[name] = lambda v=video: model.encode_video(v).pooled
+        elif what == "temporal_embeddings_interpolated":
+            outputs[name] = lambda n=count: model.temporal_embedding(n)
+    return outputs
+
+
+def check_singularity_retrieval(case: GoldenCase) -> None:
+    """A retrieval model (frame-level or temporal): every output the case holds, from the case's own sizes."""
     tensors, found = case.tensors(), Mismatches(case.name)
     modes = sorted({k.split(".")[2] for k in tensors if k.startswith("output.evaluation.")})
     with torch.no_grad():
         model = _load_model(case.spec, tensors)
-        _compare(found, tensors, _retrieval_outputs(model, tensors, modes), *_tolerance(case.spec))
-    found.raise_if_any()
-
-
-def check_singularity_temporal(case: GoldenCase) -> None:
-    tensors, found = case.tensors(), Mismatches(case.name)
-    with torch.no_grad():
-        model = _load_model(case.spec, tensors)
-        outputs = _retrieval_outputs(model, tensors, ["concat"])
-        video, six = tensors["input.video"], tensors["input.video_6frames"]
-        updated = _load_model(case.spec, tensors, **{"temporal_vision_encoder.update_pooler_embed": True})
-        text = model.encode_text(tensors["input.text_input_ids"], tensors["input.text_attention_mask"])
-        outputs.update(
-            {
-                "output.update_pooler_embed_true.pooled_vision_embeds": lambda: updated.encode_video(video).pooled,
-                "output.update_pooler_embed_true.itc_sim_i2t": lambda: updated.similarity(
-                    updated.encode_video(video).pooled, text.pooled
-                ),
-                "output.frames6.image_embeds": lambda: model.encode_video(six).memory,
-                "output.frames6.pooled_vision_embeds": lambda: model.encode_video(six).pooled,
-                "debug.frames6.temporal_embeddings_interpolated": lambda: model.temporal_embedding(six.shape[1]),
-                "output.frames2.image_embeds": lambda: model.encode_video(video[:, :2]).memory,
-                "output.frames1.image_embeds": lambda: model.encode_video(video[:, :1]).memory,
-            }
-        )
+        outputs = {**_retrieval_outputs(model, tensors, modes), **_frames_outputs(model, tensors)}
+        if any(k.startswith(_UPDATED_POOLER) for k in tensors):
+            updated = _load_model(case.spec, tensors, **{"temporal_vision_encoder.update_pooler_embed": True})
+            video = tensors["input.video"]
+            text = updated.encode_text(tensors["input.text_input_ids"], tensors["input.text_attention_mask"])
+            outputs[_UPDATED_POOLER + "pooled_vision_embeds"] = lambda: updated.encode_video(video).pooled
+            outputs[_UPDATED_POOLER + "itc_sim_i2t"] = lambda: updated.similarity(
+                updated.encode_video(video).pooled, text.pooled
+            )
         _compare(found, tensors, outputs, *_tolerance(case.spec))
     found.raise_if_any()
 
@@ -212,10 +222,15 @@ def check_singularity_ensemble(case: GoldenCase) -> None:
         return frame_mean_similarity(video, text, t)
 
     outputs: Outputs = {}
-    for label, t in (("t1", 1.0), ("t0p05", 0.05)):
-        outputs[f"output.get_sim.{label}.sim_i2t"] = lambda t=t: features(t)
-        outputs[f"output.get_sim.{label}.sim_t2i"] = lambda t=t: features(t).T
-    for mode in FRAME_ENSEMBLES:
+    for name in tensors:
+        match = _TEMPERATURE.match(name)
+        if match:
+            t = float(match.group(1).replace("p", "."))
+            outputs[name] = (lambda t=t: features(t)) if match.group(2) == "i2t" else (lambda t=t: features(t).T)
+    for mode in sorted({k.split(".")[2] for k in tensors if k.startswith("output.evaluation.")}):
+        if mode not in FRAME_ENSEMBLES:
+            found.expect(False, f"evaluation mode {mode!r} is not one vidlab knows ({', '.join(FRAME_ENSEMBLES)})")
+            continue
         clips = slice(num_frames, num_frames + 1) if mode == "concat" else slice(0, num_frames)
         scores = rerank_topk(features(1.0), lambda v, t, c=clips: table[c, v, t], k, mode)
         prefix = f"output.evaluation.{mode}."
@@ -227,16 +242,17 @@ def check_singularity_ensemble(case: GoldenCase) -> None:
     found.raise_if_any()
 
 
-CHECKS = {
-    "singularity_model": check_singularity_model,
-    "singularity_temporal": check_singularity_temporal,
-    "singularity_qa": check_singularity_qa,
-    "singularity_ensemble": check_singularity_ensemble,
-}
-
-
 def check_singularity(case: GoldenCase) -> None:
-    """Golden-harness entry of the `singularity` family: runs the check named by the case."""
-    if case.name not in CHECKS:
-        raise GoldenMismatch(f"no Singularity check for golden case {case.name!r} (known: {', '.join(CHECKS)})")
-    CHECKS[case.name](case)
+    """Golden-harness entry of the `singularity` family: what the case checks is read from its tensors (a
+    re-ranking score table, QA questions, or a retrieval model's video and text), never from its name."""
+    inputs = set(case.spec.get("inputs", {})) | set(case.spec.get("tensors", {}).get("inputs", {}))
+    if not inputs:
+        inputs = {k for k in case.tensors() if k.startswith("input.")}
+    if "input.itm_score_table" in inputs:
+        check_singularity_ensemble(case)
+    elif "input.question_input_ids" in inputs:
+        check_singularity_qa(case)
+    elif {"input.video", "input.text_input_ids"} <= inputs:
+        check_singularity_retrieval(case)
+    else:
+        raise GoldenMismatch(f"golden case {case.name!r}: its inputs {sorted(inputs)} match no Singularity check")

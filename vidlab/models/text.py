@@ -1,4 +1,5 @@
-"""Text towers built from Hugging Face transformers configs (never downloaded: weights come from checkpoints).
+"""Text towers built from Hugging Face transformers configs, and their tokenizers and weights from local folders
+or installed packages (never downloaded): what every recipe with a text tower uses.
 
 FiT's pooling rule: DistilBERT-style towers use the hidden state at the [CLS] position
 (`last_hidden_state[:, 0]`), BERT-style towers use `pooler_output` (tanh dense over [CLS]).
@@ -6,14 +7,32 @@ FiT's pooling rule: DistilBERT-style towers use the hidden state at the [CLS] po
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
+from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "pooler")
+
+# FiT's pooling rule: `pooler_output` for bert*, the [CLS] hidden state for distilbert*.
+FIT_POOLING = {"bert": "pooler", "distilbert": "cls"}
+# config.json entries that describe the file, not the architecture
+_HF_META_KEYS = ("architectures", "_name_or_path", "transformers_version", "model_type", "torch_dtype", "dtype", "gradient_checkpointing", "use_cache")
+# A transformers encoder file -> the tower's backbone: drop a task wrapper's prefix and heads.
+TEXT_WEIGHTS_KEY_MAP = KeyMap(
+    rules=((r"(?:bert\.|distilbert\.)?(.+)", r"\1"),),
+    ignore=(r"(?:bert\.|distilbert\.)?embeddings\.(position_ids|token_type_ids)", r"(cls|vocab_\w+|qa_outputs|classifier)\..+"),
+)
 
 # transformers config arguments of the hub checkpoints the official recipes name (the `config.json` of
 # each), so that official configs translate without a download.
@@ -91,3 +110,61 @@ class HFTextTower(nn.Module):
         if self.pooling == "pooler":
             return output.pooler_output
         return output.last_hidden_state[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local folders and installed packages only: vidlab never downloads from a model hub
+
+
+def resolve_model_folder(spec: str, what: str) -> Path:
+    """A local folder, or the folder of model files inside an installed Python package (the package
+    directory itself or one level below it)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    module = spec.replace("-", "_")
+    found = importlib.util.find_spec(module) if module.isidentifier() else None
+    if found is not None and found.submodule_search_locations:
+        package_dir = Path(next(iter(found.submodule_search_locations)))
+        for candidate in [package_dir, *sorted(p for p in package_dir.iterdir() if p.is_dir())]:
+            if any((candidate / f).is_file() for f in ("config.json", "tokenizer_config.json", "vocab.txt")):
+                return candidate
+    raise ConfigError(
+        f"{what}: {spec!r} is neither a local folder nor an installed Python package holding model files "
+        "(vidlab never downloads from a model hub)"
+    )
+
+
+def load_tokenizer(spec: str) -> Any:
+    """A transformers tokenizer from local files only. Batches are tokenized in the loader workers, so
+    the tokenizer's own thread pool is switched off (it would deadlock after the fork)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    folder = resolve_model_folder(spec, "text.tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"text.tokenizer: cannot load a tokenizer from {folder}: {e}") from None
+
+
+def text_tower_config(folder: Path) -> tuple[str, dict[str, Any]]:
+    """(transformers model_type, its config arguments) from a folder's config.json."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"text.weights: {folder} has no config.json")
+    hf = json.loads(config_file.read_text())
+    arch = hf.get("model_type")
+    if arch not in FIT_POOLING:
+        raise ConfigError(f"text.weights: {config_file} is a {arch!r} model; a text tower takes {', '.join(FIT_POOLING)}")
+    return arch, {k: v for k, v in hf.items() if k not in _HF_META_KEYS}
+
+
+def load_text_weights(backbone: nn.Module, folder: Path) -> None:
+    """The folder's model.safetensors into the tower's transformers backbone, strictly."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"text.weights: {folder} has no model.safetensors")
+    report = load_state_dict_strict(backbone, TEXT_WEIGHTS_KEY_MAP.apply(read_safetensors(weights)), str(weights))
+    log.info("%s", report.format())

@@ -18,7 +18,7 @@ checkpoint) is what EVL reads as `model.backbone.weights`.
   CLIP's conventions; the text tower's vocabulary is that tokenizer's plus CLIP's two markers.
 - Evaluation: zero-shot classification of each frame's labels (e.g. ShapesBench colour and shape) from
   class-name prompts (`vidlab.tasks.zero_shot`), and image-text retrieval over every caption of the
-  split (FiT's rank rules, `vidlab.recipes.fit.retrieval_metrics`).
+  split (FiT's rank rules, `vidlab.tasks.retrieval.fit_retrieval_metrics`).
 """
 
 from __future__ import annotations
@@ -53,11 +53,9 @@ from vidlab.models.factory import (
     model_config,
     typed_model_config,
 )
-from vidlab.recipes.fit import (
-    load_tokenizer,
-    retrieval_metrics,
-)
+from vidlab.models.text import load_tokenizer
 from vidlab.tasks.classification import accuracy
+from vidlab.tasks.retrieval import CaptionIndex, fit_retrieval_metrics
 from vidlab.tasks.zero_shot import class_embeddings
 
 MAX_LOGIT_SCALE = 100.0  # CLIP: "clipped to prevent scaling the logits by more than 100"
@@ -397,7 +395,8 @@ class ClipRecipe(Recipe):
                 result = accuracy(frames[f"zero_shot/{task}"][known], labels[known], topk=(1,))
                 metrics[f"zero_shot_{task}_top1"] = result["top1"]
                 metrics[f"zero_shot_{task}_mean_class"] = result["mean_class"]
-        result = retrieval_metrics(text_embeds, frames["image_embeds"], text_to_frame)
+        captions = CaptionIndex.from_text_to_video(text_to_frame, len(frames["image_embeds"]))
+        result = fit_retrieval_metrics((text_embeds, frames["image_embeds"]), captions)
         for direction, name in (("t2v", "t2i"), ("v2t", "i2t")):
             metrics.update({f"{name}_R{k}": result[direction][f"R{k}"] for k in RETRIEVAL_KS})
         metrics["rsum"] = sum(result[d][f"R{k}"] for d in ("t2v", "v2t") for k in RETRIEVAL_KS)

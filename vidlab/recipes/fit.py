@@ -18,10 +18,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,30 +39,21 @@ from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
-from vidlab.models.checkpoint import KeyMap, load_state_dict_strict, read_safetensors
 from vidlab.models.factory import (
     adopt_recorded,
     apply_overrides,
-    recorded_config,
     create_model_with_report,
     model_config,
+    recorded_config,
     typed_model_config,
 )
 from vidlab.models.fit import FAMILY
 from vidlab.models.space_time import SpaceTimeBlock
-from vidlab.tasks.retrieval import CaptionIndex, ranks_from_embeddings, summarize_ranks
+from vidlab.models.text import FIT_POOLING, load_text_weights, load_tokenizer, resolve_model_folder, text_tower_config
+from vidlab.tasks.retrieval import CaptionIndex, fit_retrieval_metrics
 
 log = logging.getLogger(__name__)
 
-# FiT's pooling rule: `pooler_output` for bert*, the [CLS] hidden state for distilbert*.
-FIT_POOLING = {"bert": "pooler", "distilbert": "cls"}
-# config.json entries that describe the file, not the architecture
-_HF_META_KEYS = ("architectures", "_name_or_path", "transformers_version", "model_type", "torch_dtype", "dtype", "gradient_checkpointing", "use_cache")
-# A transformers encoder file -> the tower's backbone: drop a task wrapper's prefix and heads.
-TEXT_WEIGHTS_KEY_MAP = KeyMap(
-    rules=((r"(?:bert\.|distilbert\.)?(.+)", r"\1"),),
-    ignore=(r"(?:bert\.|distilbert\.)?embeddings\.(position_ids|token_type_ids)", r"(cls|vocab_\w+|qa_outputs|classifier)\..+"),
-)
 SUBSETS = ("all", "temporal")
 
 
@@ -117,7 +105,7 @@ class FitTrainConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Text: local folders only
+# Text: sizes a vidlab checkpoint records
 
 
 def recorded_sizes(source: str) -> dict[str, Any]:
@@ -132,60 +120,6 @@ def recorded_sizes(source: str) -> dict[str, Any]:
     sizes["text.hf_config"] = OmegaConf.to_container(recorded.text.hf_config)
     sizes.update({key: recorded[key] for key in ("projection", "projection_dim")})
     return sizes
-
-
-def resolve_model_folder(spec: str, what: str) -> Path:
-    """A local folder, or the folder of model files inside an installed Python package (the package
-    directory itself or one level below it)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    module = spec.replace("-", "_")
-    found = importlib.util.find_spec(module) if module.isidentifier() else None
-    if found is not None and found.submodule_search_locations:
-        package_dir = Path(next(iter(found.submodule_search_locations)))
-        for candidate in [package_dir, *sorted(p for p in package_dir.iterdir() if p.is_dir())]:
-            if any((candidate / f).is_file() for f in ("config.json", "tokenizer_config.json", "vocab.txt")):
-                return candidate
-    raise ConfigError(
-        f"{what}: {spec!r} is neither a local folder nor an installed Python package holding model files "
-        "(vidlab never downloads from a model hub)"
-    )
-
-
-def load_tokenizer(spec: str) -> Any:
-    """A transformers tokenizer from local files only. Batches are tokenized in the loader workers, so
-    the tokenizer's own thread pool is switched off (it would deadlock after the fork)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoTokenizer
-
-    folder = resolve_model_folder(spec, "text.tokenizer")
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"text.tokenizer: cannot load a tokenizer from {folder}: {e}") from None
-
-
-def text_tower_config(folder: Path) -> tuple[str, dict[str, Any]]:
-    """(transformers model_type, its config arguments) from a folder's config.json."""
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"text.weights: {folder} has no config.json")
-    hf = json.loads(config_file.read_text())
-    arch = hf.get("model_type")
-    if arch not in FIT_POOLING:
-        raise ConfigError(f"text.weights: {config_file} is a {arch!r} model; FiT's text tower takes {', '.join(FIT_POOLING)}")
-    return arch, {k: v for k, v in hf.items() if k not in _HF_META_KEYS}
-
-
-def load_text_weights(backbone: nn.Module, folder: Path) -> None:
-    """The folder's model.safetensors into the tower's transformers backbone, strictly."""
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise ConfigError(f"text.weights: {folder} has no model.safetensors")
-    report = load_state_dict_strict(backbone, TEXT_WEIGHTS_KEY_MAP.apply(read_safetensors(weights)), str(weights))
-    log.info("%s", report.format())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,28 +171,6 @@ def mean_over_views(view_embeds: Tensor, num_views: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------------
 # Retrieval protocol
-
-
-def retrieval_metrics(
-    text_embeds: Tensor,
-    video_embeds: Tensor,
-    text_to_video: Tensor,
-    *,
-    chunk_size: int = 4096,
-    device: torch.device | str | None = None,
-) -> dict[str, dict[str, float]]:
-    """FiT's t2v / v2t metrics from L2-normalised embeddings, one (chunk x gallery) block at a time.
-
-    t2v: every caption queries all videos, ties optimistic. v2t: every video with at least one caption
-    queries all captions, rank of its best caption, ties averaged.
-    """
-    t2v = ranks_from_embeddings(text_embeds, video_embeds, text_to_video[:, None], "optimistic", chunk_size, device=device)
-    captions = CaptionIndex.from_text_to_video(text_to_video, len(video_embeds))
-    has_caption = (captions.video_to_texts >= 0).any(1)
-    v2t = ranks_from_embeddings(
-        video_embeds[has_caption], text_embeds, captions.video_to_texts[has_caption], "average", chunk_size, device=device
-    )
-    return {"t2v": summarize_ranks(t2v), "v2t": summarize_ranks(v2t)}
 
 
 def _unique_rows(keys: Tensor) -> Tensor:
@@ -431,8 +343,9 @@ class FitRecipe(Recipe):
         for subset, mask in (("all", torch.ones_like(temporal)), ("temporal", temporal)):
             if not mask.any():
                 continue
-            result = retrieval_metrics(
-                text_embeds[mask], video_embeds, text_to_video[mask], chunk_size=self.cfg.eval.chunk_size, device=device
+            captions = CaptionIndex.from_text_to_video(text_to_video[mask], len(video_embeds))
+            result = fit_retrieval_metrics(
+                (text_embeds[mask], video_embeds), captions, chunk_size=self.cfg.eval.chunk_size, device=device
             )
             for direction, values in result.items():
                 metrics.update({f"{subset}/{direction}_{k}": v for k, v in values.items()})

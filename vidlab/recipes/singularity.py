@@ -71,11 +71,7 @@ from vidlab.models.factory import (
 )
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
-from vidlab.recipes.fit import (
-    load_tokenizer,
-    resolve_model_folder,
-    text_tower_config,
-)
+from vidlab.models.text import load_tokenizer, resolve_model_folder, text_tower_config
 from vidlab.tasks.ensemble import check_ensemble
 from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores
 from vidlab.tasks.rerank import (

@@ -6,9 +6,9 @@ re-scores each query's top-k candidates, in both directions.
   over clips by the frame ensemble); every other entry is -100. text->video likewise from the ITC
   transpose, with its own top-k. k defaults to 128.
 - Both the re-ranked scores and the ITC scores are reported (`{split}/` and `{split}_emb/` officially),
-  as `itm` and `itc`: with `itm_eval`'s recalls (`evaluate_retrieval`, official numerics), or per text subset
-  with several ground-truth videos per text and tied scores at their average rank (`retrieval_recalls`, what
-  vidlab's Singularity recipe reports).
+  as `itm` and `itc`, with `itm_eval`'s recalls (`vidlab.tasks.retrieval.singularity_recalls`): overall
+  (`evaluate_retrieval`), or per text subset with several ground-truth videos per text (`retrieval_recalls`,
+  what vidlab's Singularity recipe reports).
 
 The cross-encoder work is chunked: several queries' candidate pairs go through the model together, at
 most `pairs_per_call` pairs at a time. Features can stay on the CPU (`offload`): each chunk moves the
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from vidlab.errors import ConfigError
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
-from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, ranks_from_scores, recall_at, singularity_itm_eval
+from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, singularity_itm_eval, singularity_recalls
 
 NOT_RERANKED = -100.0  # score of the pairs outside a query's top-k (official)
 RECALL_AT = (1, 5, 10)
@@ -159,13 +159,6 @@ def itc_scores(model: Any, features: RetrievalFeatures, device: torch.device | s
     return model.similarity(features.pooled_video.to(device), pooled_text.to(device)).float()
 
 
-def direction_recalls(ranks: Tensor, prefix: str) -> dict[str, float]:
-    """`{prefix}_R1/5/10` (%) and their mean `{prefix}_Rmean` from 0-based ranks."""
-    values = {f"{prefix}_R{k}": value for k, value in recall_at(ranks, RECALL_AT).items()}
-    values[f"{prefix}_Rmean"] = sum(values.values()) / len(RECALL_AT)
-    return values
-
-
 def retrieval_recalls(
     itc: Tensor,
     scorer: PairScorer,
@@ -181,8 +174,8 @@ def retrieval_recalls(
     text_videos (N, K): each text's ground-truth videos, -1 padded (K > 1: one caption of many videos, official
     `has_multi_vision_gt`); t2v counts the best-ranked one, v2t the best-ranked text naming the video.
     subsets: name -> text positions ("all": every text); v2t of another subset ranks its texts only
-    (re-ranked within them) for the videos they name. Tied scores share their average rank, so a ground truth
-    outside the top-k (all NOT_RERANKED) ranks behind the k re-ranked candidates and halfway among the rest.
+    (re-ranked within them) for the videos they name. Recalls as official `itm_eval` (`singularity_recalls`): a
+    ground truth outside the top-k (NOT_RERANKED) ranks behind the k re-ranked candidates.
     """
     scores = rerank_topk(itc, scorer, k, ensemble, pairs_per_call)
     num_videos = itc.shape[0]
@@ -205,9 +198,7 @@ def retrieval_recalls(
             }
         t2v = {"itm": scores.t2v_itm[texts], "itc": scores.t2v_itc[texts]}
         for scoring in SCORINGS:
-            values = direction_recalls(ranks_from_scores(t2v[scoring], t2v_gt, "average"), "t2v")
-            values.update(direction_recalls(ranks_from_scores(v2t[scoring], video_texts[videos], "average"), "v2t"))
-            values["r_mean"] = (values["t2v_Rmean"] + values["v2t_Rmean"]) / 2
+            values = singularity_recalls(v2t[scoring], video_texts[videos], t2v[scoring], t2v_gt)
             metrics.update({f"{scoring}/{subset}/{name}": value for name, value in values.items()})
     return metrics
 
@@ -273,7 +264,6 @@ __all__ = [
     "itc_scores",
     "RECALL_AT",
     "SCORINGS",
-    "direction_recalls",
     "retrieval_recalls",
     "RetrievalEvaluation",
     "describe_protocol",
