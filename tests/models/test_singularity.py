@@ -22,6 +22,7 @@ from vidlab.models.singularity_weights import (
     not_a_knot_spline_matrix,
     singularity_config_from_official,
 )
+from vidlab.tasks.qa import rank_answers
 
 GOLDEN_DIR = golden.golden_dir(Path(__file__).resolve().parents[2])
 ATOL, RTOL = 2e-5, 1e-4
@@ -116,7 +117,8 @@ def test_official_file_loads_strictly_and_reproduces_itm_logits(request, tmp_pat
 def test_official_qa_file_reproduces_the_answer_ranking(qa_case, tmp_path):
     tensors = qa_case["tensors"]
     model = create_model(qa_case["cfg"], checkpoint=save_official(tmp_path / "ckpt_best.pth", qa_case))
-    ids, probs = model.qa_rank(
+    ids, probs = rank_answers(
+        model,
         tensors["input.video"],
         tensors["input.question_input_ids"],
         tensors["input.question_attention_mask"],

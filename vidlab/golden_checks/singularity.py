@@ -29,6 +29,7 @@ from vidlab.models.factory import apply_overrides
 from vidlab.models.singularity import Singularity
 from vidlab.models.singularity_weights import singularity_config_from_official
 from vidlab.tasks.ensemble import FRAME_ENSEMBLES
+from vidlab.tasks.qa import rank_answers
 from vidlab.tasks.rerank import extract_features, model_pair_scorer, rerank_topk
 
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
@@ -189,8 +190,8 @@ def check_singularity_qa(case: GoldenCase) -> None:
         }
         for name in (k for k in tensors if k.endswith(".topk_ids")):
             _, mode, k_name, _ = name.split(".")
-            ranked = model.qa_rank(
-                video, q_ids, q_mask, a_ids, a_mask, k=int(k_name[1:]), ensemble=mode, scoring="faithful"
+            ranked = rank_answers(
+                model, video, q_ids, q_mask, a_ids, a_mask, k=int(k_name[1:]), ensemble=mode, scoring="faithful"
             )
             outputs[name] = lambda r=ranked: r[0]
             outputs[name.replace("topk_ids", "topk_probs")] = lambda r=ranked: r[1]

@@ -49,18 +49,18 @@ from vidlab.losses.matching import (
 from vidlab.models.beit import VisionTower, VisionTowerConfig
 from vidlab.models.errors import ModelInputError
 from vidlab.models.factory import ModelFamily, register_family
+from vidlab.models.frame_ensemble import check_ensemble, clip_memories
 from vidlab.models.singularity_weights import (
     adapt_singularity_state_dict,
     load_tower_weights,
     singularity_allowed_missing,
 )
-from vidlab.tasks.ensemble import check_ensemble, clip_memories
-from vidlab.tasks.qa import QA_SCORINGS, rank_answer_list
 
 logger = logging.getLogger(__name__)
 
 FAMILY = "singularity"
 TASKS = ("pretrain", "retrieval", "qa")
+QA_SCORINGS = ("faithful", "corrected")  # how `vidlab.tasks.qa.rank_answers` scores an answer (docs/deviations.md)
 MASK_FILL = -10000.0  # additive attention bias of padded positions (official xbert)
 TEMP_RANGE = (0.001, 0.5)
 
@@ -664,35 +664,6 @@ class Singularity(nn.Module):
             batch["answer_mask"],
         )
         return {"loss_qa": (batch["answer_weights"] * nll).sum() / states.shape[0]}
-
-    def qa_rank(
-        self,
-        video: Tensor,
-        question_ids: Tensor,
-        question_mask: Tensor,
-        answer_ids: Tensor,
-        answer_mask: Tensor,
-        k: int | None = None,
-        ensemble: str | None = None,
-        scoring: str | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Rank the answer list (A, La) for each question: (Q, k) answer indices and probabilities, best first
-        (`vidlab.tasks.qa.rank_answer_list`)."""
-        ensemble = ensemble or self.cfg.eval.frame_ensemble
-        memories, _ = self.encode_clips(video, ensemble)
-        clip_states = [
-            self.question_states(memories[:, c], question_ids, question_mask) for c in range(memories.shape[1])
-        ]
-        return rank_answer_list(
-            self,
-            clip_states,
-            question_mask,
-            answer_ids,
-            answer_mask,
-            min(k or self.cfg.qa.k_test, answer_ids.shape[0]),
-            ensemble,
-            scoring or self.cfg.qa.scoring,
-        )
 
     def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
         """The training losses of the model's task (`forward_qa` or `forward_pretrain`)."""

@@ -73,7 +73,7 @@ from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.models.text import load_tokenizer, resolve_model_folder, text_tower_config
 from vidlab.tasks.ensemble import check_ensemble
-from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores
+from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores, rank_answers
 from vidlab.tasks.rerank import (
     NOT_RERANKED,
     RECALL_AT,
@@ -686,8 +686,9 @@ class SingularityRecipe(Recipe):
         ensemble = self.cfg.eval.frame_ensemble
         if self.task == "qa":
             answer_ids, answer_mask = self._answers_on(batch["video"].device)
-            ranked, _ = model.qa_rank(
-                batch["video"], batch["question_ids"], batch["question_mask"], answer_ids, answer_mask, k=self.cfg.eval.k_test, ensemble=ensemble
+            ranked, _ = rank_answers(
+                model, batch["video"], batch["question_ids"], batch["question_mask"], answer_ids, answer_mask,
+                k=self.cfg.eval.k_test, ensemble=ensemble,
             )
             return {"index": batch["index"], "predicted": ranked[:, 0]}
         if self.task == "mc":

@@ -6,7 +6,8 @@ A video of T test frames is scored either as one clip or as T one-frame clips:
   combined with the mean, the max or log-sum-exp over clips.
 
 The official code repeats this choice inline in retrieval, multiple choice and QA; vidlab keeps the
-memory layout (`clip_memories`) and the combination (`aggregate_clips`) here.
+combination (`aggregate_clips`) here and the memory layout (`clip_memories`) with the model
+(`vidlab.models.frame_ensemble`).
 """
 
 from __future__ import annotations
@@ -15,22 +16,7 @@ import torch
 from torch import Tensor
 
 from vidlab.errors import ConfigError
-
-FRAME_ENSEMBLES = ("concat", "mean", "max", "lse")
-
-
-def check_ensemble(mode: str) -> str:
-    """`mode` if it is a known frame ensemble, else a ConfigError naming the choices."""
-    if mode not in FRAME_ENSEMBLES:
-        raise ConfigError(f"frame ensemble must be one of {FRAME_ENSEMBLES}, got {mode!r}")
-    return mode
-
-
-def clip_memories(frame_tokens: Tensor, mode: str) -> Tensor:
-    """(B, T, L, D) per-frame tokens -> (B, C, M, D) clip memories: C=1, M=T*L for `concat`; C=T, M=L else."""
-    if check_ensemble(mode) == "concat":
-        return frame_tokens.flatten(1, 2).unsqueeze(1)
-    return frame_tokens
+from vidlab.models.frame_ensemble import FRAME_ENSEMBLES, check_ensemble, clip_memories
 
 
 def aggregate_clips(clip_scores: Tensor, mode: str, dim: int = 0) -> Tensor:

@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidlab.errors import ConfigError
+from vidlab.models.singularity import QA_SCORINGS
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
-
-QA_SCORINGS = ("faithful", "corrected")
 
 
 class AnswerDecoder(Protocol):
@@ -94,6 +93,27 @@ def rank_answer_list(
     return topk_ids.gather(1, order), probs
 
 
+def rank_answers(
+    model: Any,
+    video: Tensor,
+    question_ids: Tensor,
+    question_mask: Tensor,
+    answer_ids: Tensor,
+    answer_mask: Tensor,
+    k: int | None = None,
+    ensemble: str | None = None,
+    scoring: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A Singularity QA model ranks the answer list (A, La) for each question of its video: (Q, k) answer
+    indices and probabilities, best first (`rank_answer_list` over the frame ensemble's clips). k, ensemble
+    and scoring default to the model's config."""
+    ensemble = ensemble or model.cfg.eval.frame_ensemble
+    memories, _ = model.encode_clips(video, ensemble)
+    clip_states = [model.question_states(memories[:, c], question_ids, question_mask) for c in range(memories.shape[1])]
+    k = min(k or model.cfg.qa.k_test, answer_ids.shape[0])
+    return rank_answer_list(model, clip_states, question_mask, answer_ids, answer_mask, k, ensemble, scoring or model.cfg.qa.scoring)
+
+
 def exact_match_accuracy(predicted: Sequence[str], gold: Sequence[str]) -> float:
     """Percentage of predictions equal to the ground-truth answer string."""
     if len(predicted) != len(gold):
@@ -128,6 +148,7 @@ __all__ = [
     "QA_SCORINGS",
     "AnswerDecoder",
     "rank_answer_list",
+    "rank_answers",
     "exact_match_accuracy",
     "multiple_choice_scores",
     "multiple_choice_accuracy",
