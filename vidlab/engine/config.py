@@ -255,8 +255,18 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas}")
 
 
+# What a stage of another recipe keeps of the run's config: everything but the recipe's own sections (model,
+# data, eval and the like), which the stage gives in full for its recipe.
+ENGINE_KEYS = ("name", "output_dir", "run_dir", "seed", "debug", "debug_steps", "trainer", "optim", "schedule", "checkpoint", "logging")
+STAGE_REF = "stage:"  # a config value `stage:NAME` is the model folder of the run's earlier stage NAME
+
+
 def resolve_stages(cfg: DictConfig) -> list[Stage]:
-    """The stages of a run, each with its full, typed config."""
+    """The stages of a run, each with its full config typed by its own recipe.
+
+    A stage entry may name another recipe (`recipe: evl` after CLIP pretraining): it starts from that recipe's
+    defaults and the run's engine settings (`ENGINE_KEYS`), so it states its own model, data and eval.
+    """
     entries = list(cfg.stages or [])
     base = copy.deepcopy(cfg)
     base.stages = []
@@ -273,11 +283,50 @@ def resolve_stages(cfg: DictConfig) -> list[Stage]:
             raise ConfigError(f"stages[{index}].name {name!r}: use letters, digits, '-' and '_'")
         if "stages" in entry:
             raise ConfigError(f"stages[{index}]: a stage cannot hold stages")
+        start = base
+        recipe = str(entry.get("recipe", base.recipe))
+        if recipe != base.recipe:
+            start = OmegaConf.merge(
+                OmegaConf.structured(config_class(recipe)), {key: base[key] for key in ENGINE_KEYS}, {"recipe": recipe}
+            )
+        _check_stage_refs(entry, [s.name for s in stages], f"stages[{index}] ({name})")
         try:
-            merged = OmegaConf.merge(base, entry)
+            merged = OmegaConf.merge(start, entry)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None)
             raise ConfigError(f"stages[{index}] ({name}): {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
         _validate(merged)  # type: ignore[arg-type]
         stages.append(Stage(index, name, merged))  # type: ignore[arg-type]
+    if len({s.name for s in stages}) != len(stages):
+        raise ConfigError(f"stage names must differ, got {[s.name for s in stages]}")
     return stages
+
+
+def _check_stage_refs(entry: Any, earlier: list[str], where: str) -> None:
+    """Every `stage:NAME` value of a stage entry names an earlier stage."""
+    if isinstance(entry, dict):
+        for value in entry.values():
+            _check_stage_refs(value, earlier, where)
+    elif isinstance(entry, list):
+        for value in entry:
+            _check_stage_refs(value, earlier, where)
+    elif isinstance(entry, str) and entry.startswith(STAGE_REF) and entry[len(STAGE_REF) :] not in earlier:
+        raise ConfigError(f"{where}: {entry!r} names no earlier stage (earlier: {', '.join(earlier) or 'none'})")
+
+
+def resolve_stage_refs(cfg: DictConfig, run_dir: Path, stages: Sequence[Stage], model_dir: str) -> DictConfig:
+    """A stage config with each `stage:NAME` value replaced by that stage's model folder in `run_dir`."""
+    folders = {s.name: str(run_dir / s.dirname / model_dir) for s in stages}
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, str) and value.startswith(STAGE_REF) and value[len(STAGE_REF) :] in folders:
+            return folders[value[len(STAGE_REF) :]]
+        return value
+
+    container = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.merge(OmegaConf.structured(config_class(str(cfg.recipe))), resolve(container))
+    return resolved  # type: ignore[return-value]

@@ -31,7 +31,7 @@ from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
 from vidlab.data.workers import start_early
 from vidlab.engine import distributed
-from vidlab.engine.config import Stage, load_train_config, resolve_stages
+from vidlab.engine.config import Stage, load_train_config, resolve_stage_refs, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
 from vidlab.engine.module import VidlabModule
 from vidlab.engine.recipe import Recipe, get_recipe
@@ -358,7 +358,9 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         if stage.index < first_stage:
             init_from = stage_dir / MODEL_DIR
             continue
-        scfg = stage.config
+        if stage.index > 0 and stage.config.recipe != stages[stage.index - 1].config.recipe:
+            init_from = None  # another recipe's model: its weights come from its own config (`stage:NAME` values)
+        scfg = resolve_stage_refs(stage.config, run_dir, stages, MODEL_DIR)
         pl.seed_everything(scfg.seed, workers=True, verbose=False)
         recipe = get_recipe(scfg)
         start_early(scfg.data.num_workers)
@@ -491,7 +493,10 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     cfg, weights = _eval_target(Path(target), overrides)
     if weights is None:
         raise ConfigError("nothing to evaluate: pass a run folder or checkpoint, or set eval.checkpoint=PATH")
-    scfg = resolve_stages(cfg)[-1].config
+    stages = resolve_stages(cfg)
+    scfg = stages[-1].config
+    if Path(target).suffix not in (".yaml", ".yml"):  # a run's own config: its stages' folders are known
+        scfg = resolve_stage_refs(scfg, _find_run_config(Path(target)).parent, stages, MODEL_DIR)
     distributed.init_process_group(scfg.trainer.accelerator)
     rank, world = distributed.world()
     recipe = get_recipe(scfg)
