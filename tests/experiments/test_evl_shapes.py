@@ -46,7 +46,8 @@ def test_quick_experiment_reports_every_variant(quick_run):
     assert {"zero_shot_appearance_top1", "zero_shot_shape_top1", "t2i_R1"} <= results["clip"]["metrics"].keys()
 
     report = (out / "report.html").read_text()
-    assert report.count("<tr>") == 1 + len(VARIANTS) + 2  # EVL header + rows, CLIP header + row
+    # EVL header + rows, CLIP header + row, runs header + a row per EVL run and the CLIP run
+    assert report.count("<tr>") == (1 + len(VARIANTS)) + 2 + (1 + len(VARIANTS) + 1)
     for name in ("motion", "appearance", "fine-tuned", "frozen", "zero-shot colour top-1 %"):
         assert name in report
     assert f"{finetuned['trainable_params']:,}" in report and f"{finetuned['trainable_params']:,}" in printed

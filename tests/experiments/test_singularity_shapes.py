@@ -86,7 +86,7 @@ def test_quick_experiment_reports_every_row(singularity_quick_run):
     assert "<h2>QA accuracy per question type" in report and "<td>direction</td>" in report
     plot = out / "results.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
-    assert "<img src='results.png'" in report
+    assert '<img src="results.png"' in report
     assert "experiment finished in" in printed and "| chance" in printed
 
 

@@ -6,13 +6,15 @@ data, so the report can be rebuilt for any run; images are written as PNG files 
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from vidlab.report import Figure, Gallery, Paragraph, Report, Section, Table
+from vidlab.report import write_report as write_html
 
 REPORT_FILE = "report.html"
 CURVES_FILE = "curves.png"
@@ -118,32 +120,6 @@ def save_thumbnail(frame: torch.Tensor, out_file: Path) -> Path:
     return out_file
 
 
-def table_html(rows: list[list[str]]) -> str:
-    """An HTML table of text cells (escaped), the first row its header; shared by every report page."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _queries_html(queries: Sequence[QueryResult], thumbs: Mapping[Path, str]) -> str:
-    parts = []
-    for result in queries:
-        cells = "".join(
-            f'<figure><img src="{html.escape(thumbs[v.path])}" width="96" height="96" alt="{html.escape(v.path.name)}">'
-            f"<figcaption>{html.escape(v.caption)}<br><small>{v.score:.3f}</small></figcaption></figure>"
-            for v in result.videos
-        )
-        parts.append(f'<div class="query"><h3>{html.escape(result.stage)}: &ldquo;{html.escape(result.query)}&rdquo;</h3>{cells}</div>')
-    return "\n".join(parts)
-
-
-STYLE = (
-    "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}figure{display:inline-block;width:110px;"
-    "margin:4px;vertical-align:top;font-size:11px}img{image-rendering:pixelated}"
-)
-
-
 def write_report(
     run_dir: Path,
     stage_dirs: Sequence[Path],
@@ -164,19 +140,24 @@ def write_report(
         name = f"{i:03d}_{video.stem}.png"
         save_thumbnail(frame, thumbs_dir / name)
         thumbs[video] = f"{THUMBS_DIR}/{name}"
-    notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{notes_html}"
-        f"<h2>Test retrieval per stage</h2>{table_html(metrics_rows(stage_metrics))}"
-        "<p>R@K in %; MedR = median rank. 'temporal': captions a single frame cannot match (motion, direction, rotation).</p>"
-        f"<h2>Training curves</h2><img src='{CURVES_FILE}' alt='training curves'>"
-        f"<h2>Text queries: top-5 test videos (middle frames)</h2>{_queries_html(queries, thumbs)}"
-        "</body></html>\n"
-    )
-    out = run_dir / REPORT_FILE
-    out.write_text(page)
-    return out
+    galleries = [
+        Gallery(
+            [Figure(thumbs[v.path], v.path.name, v.caption, f"{v.score:.3f}", width=96) for v in result.videos],
+            title=f"{result.stage}: \u201c{result.query}\u201d",
+        )
+        for result in queries
+    ]
+    report = Report(title, [
+        *(Paragraph(note) for note in notes),
+        Section("Test retrieval per stage", [
+            Table(metrics_rows(stage_metrics)),
+            Paragraph("R@K in %; MedR = median rank. 'temporal': captions a single frame cannot match (motion, "
+                      "direction, rotation)."),
+        ]),
+        Section("Training curves", [Figure(CURVES_FILE, "training curves")]),
+        Section("Text queries: top-5 test videos (middle frames)", galleries),
+    ])
+    return write_html(report, run_dir / REPORT_FILE)
 
 
 __all__ = [
@@ -186,6 +167,5 @@ __all__ = [
     "metrics_rows",
     "plot_curves",
     "read_scalars",
-    "table_html",
     "write_report",
 ]

@@ -23,7 +23,6 @@ costs several times the trainable parameters and more memory and time.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import time
@@ -38,6 +37,8 @@ from vidlab.errors import ConfigError
 from vidlab.experiments.measure import RunMeasurement, measured_run
 from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.recipes.evl import CONFUSION_FILE
+from vidlab.report import Figure, Gallery, Paragraph, Report, Section, Table
+from vidlab.report import write_report as write_html
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENT_CONFIGS = CONFIG_DIR / "experiments" / "evl_shapes"
@@ -258,42 +259,42 @@ def format_tables(result: ExperimentResult) -> str:
 
 def write_report(result: ExperimentResult, out: Path) -> Path:
     """OUT/report.html: the EVL table, the CLIP numbers, how memory was measured, where each run is."""
-    from vidlab.engine.report import STYLE, table_html
-
     chance = ", ".join(f"{task} {value:.1f} %" for task, value in result.chance.items())
-    runs = "".join(
-        f"<li>{html.escape(r['variant'])}: <code>{html.escape(r['run_dir'])}</code></li>" for r in [*result.runs, {"variant": "clip", **result.clip}]
-    )
-    confusions = "".join(
-        f"<figure style='width:320px'><img src='{html.escape(str(image.relative_to(out)))}' width='300' alt='confusion matrix'>"
-        f"<figcaption>{html.escape(r['variant'])}</figcaption></figure>"
+    runs = [["run", "folder"], *[[r["variant"], r["run_dir"]] for r in [*result.runs, {"variant": "clip", **result.clip}]]]
+    confusions = [
+        Figure(str(image.relative_to(out)), "confusion matrix", r["variant"], width=300)
         for r in result.runs
         if (image := Path(r["run_dir"]) / CONFUSION_FILE.format(split="test")).is_file() and image.is_relative_to(out)
-    )
+    ]
     clip_note = " (reused from an earlier run of the same config)" if result.clip_reused else ""
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>EVL on ShapesBench</title><style>{STYLE}</style></head><body>"
-        f"<h1>EVL on ShapesBench {html.escape(result.size)}{' (quick)' if result.quick else ''}</h1>"
-        "<p>A CLIP ViT pretrained here on ShapesBench stills, frozen (or fine-tuned), read by EVL's decoder with all "
-        "three temporal modules (temporal convolution, temporal positional embedding, temporal cross attention) or "
-        f"none. Test split, one centre crop x one clip per video. Chance: {html.escape(chance)}.</p>"
-        f"<h2>EVL</h2>{table_html([_run_headers(result), *run_rows(result)])}"
-        f"<p>{html.escape(result.memory_method)} Training time: Lightning's training loop only; "
-        f"torch intra-op threads per run: {result.torch_threads or 'default'}.</p>"
-        f"<h2>CLIP backbone{html.escape(clip_note)}</h2>{table_html([list(CLIP_HEADERS), clip_row(result)])}"
-        "<p>Zero-shot: each frame's colour / shape against class-name prompts; retrieval over the split's captions "
-        "(clips: only captions not about motion).</p>"
-        "<h2>Confusion matrices (test; rows: true class)</h2>"
-        "<p>Without temporal modules the decoder sees an unordered set of frames: it can tell the kind of motion "
-        "(horizontal, vertical, rotation, size) but not its direction, so it confuses each class with its opposite.</p>"
-        f"{confusions}"
-        f"<h2>Runs</h2><ul>{runs}</ul><p>data: <code>{html.escape(result.data)}</code>; "
-        f"experiment wall time {result.wall_time_s:.0f} s; machine load average at the end (1/5/15 min): "
-        f"{html.escape(str(result.load_average))}</p></body></html>\n"
-    )
-    report = out / REPORT_FILE
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_text(page)
+    report = write_html(Report(f"EVL on ShapesBench {result.size}{' (quick)' if result.quick else ''}", [
+        Paragraph(
+            "A CLIP ViT pretrained here on ShapesBench stills, frozen (or fine-tuned), read by EVL's decoder with all "
+            "three temporal modules (temporal convolution, temporal positional embedding, temporal cross attention) or "
+            f"none. Test split, one centre crop x one clip per video. Chance: {chance}."
+        ),
+        Section("EVL", [
+            Table([_run_headers(result), *run_rows(result)]),
+            Paragraph(f"{result.memory_method} Training time: Lightning's training loop only; torch intra-op threads per "
+                      f"run: {result.torch_threads or 'default'}."),
+        ]),
+        Section(f"CLIP backbone{clip_note}", [
+            Table([list(CLIP_HEADERS), clip_row(result)]),
+            Paragraph("Zero-shot: each frame's colour / shape against class-name prompts; retrieval over the split's "
+                      "captions (clips: only captions not about motion)."),
+        ]),
+        Section("Confusion matrices (test; rows: true class)", [
+            Paragraph("Without temporal modules the decoder sees an unordered set of frames: it can tell the kind of "
+                      "motion (horizontal, vertical, rotation, size) but not its direction, so it confuses each class "
+                      "with its opposite."),
+            Gallery(confusions),
+        ]),
+        Section("Runs", [
+            Table(runs),
+            Paragraph(f"data: {result.data}; experiment wall time {result.wall_time_s:.0f} s; machine load average at "
+                      f"the end (1/5/15 min): {result.load_average}"),
+        ]),
+    ]), out / REPORT_FILE)
     return report
 
 

@@ -37,7 +37,6 @@ captions; text->video R@1 is a mean over captions, so the appearance value is ex
 
 from __future__ import annotations
 
-import html
 import json
 import textwrap
 import time
@@ -52,6 +51,8 @@ from vidlab.bench.common import markdown_table
 from vidlab.config import load_config
 from vidlab.errors import ConfigError, VidlabError
 from vidlab.experiments.steps import Progress, Step, run_steps
+from vidlab.report import Figure, Paragraph, Preformatted, Report, Section, Table
+from vidlab.report import write_report as write_html
 from vidlab.tasks.ensemble import FRAME_ENSEMBLES, check_ensemble
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "singularity_shapes"
@@ -749,8 +750,6 @@ def _first_grid_row(results: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
     """OUT/report.html: what ran, the comparison table with chance, the plot, the grid, QA per type."""
-    from vidlab.engine.report import STYLE, table_html
-
     test, chance, plan = results["test_set"], results["chance"], results["plan"]
     minutes = results["wall_time_s"] / 60
     def training(run: Mapping[str, Any]) -> str:
@@ -795,30 +794,24 @@ def write_report(results: Mapping[str, Any], out_dir: Path, plot: Path) -> Path:
         "training cannot tell a clip from its reverse either; ITC on BEiT's per-frame features never can (a frame mean), only ITC on the "
         "temporal encoder's [CLS] states (`model.temporal_vision_encoder.update_pooler_embed`) sees the order.",
     ]
-    sections = [
-        f"<h2>Comparison (test split, %)</h2>{table_html([summary_rows(results)[0], *summary_rows(results)[1]])}",
-        f"<h2>Plot</h2><img src='{html.escape(plot.name)}' alt='grouped bars and test-frame curve'>",
-        f"<h2>Single-frame model: test frames x frame ensemble (%)</h2>{table_html([grid_rows(results)[0], *grid_rows(results)[1]])}"
-        "<p>concat: all frames as one memory; mean / max / lse: each frame scored alone by ITM, combined over frames "
-        "(the ITC pre-selection of the top-k is the frame mean in every case). Settings of these evaluations beyond the "
-        f"run's own: {html.escape(', '.join(plan['grid_overrides']) or 'none')}.</p>",
-        f"<h2>QA accuracy per question type (%)</h2>{table_html([qtype_rows(results)[0], *qtype_rows(results)[1]])}",
-        "<h2>Protocols</h2>" + "".join(
-            f"<h3>{html.escape(row['variant'])}, {row['test_frames']} test frames, {html.escape(row['ensemble'])}</h3>"
-            f"<pre>{html.escape(row['protocol'])}</pre>"
-            for row in results["retrieval"] if row["kind"] == "main" or row is _first_grid_row(results)
-        ),
-        "<h2>Time per step (s)</h2>" + table_html([["step", "seconds"], *[[k, f"{v:.0f}"] for k, v in results["seconds"].items()]]),
+    protocols = [
+        Section(f"{row['variant']}, {row['test_frames']} test frames, {row['ensemble']}", [Preformatted(row["protocol"])], level=3)
+        for row in results["retrieval"] if row["kind"] == "main" or row is _first_grid_row(results)
     ]
-    notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Singularity on ShapesBench</title><style>{STYLE}</style></head>"
-        f"<body><h1>Singularity on ShapesBench: single-frame vs multi-frame vs temporal training</h1>{notes_html}"
-        + "".join(sections)
-        + "</body></html>\n"
-    )
-    report = out_dir / REPORT_FILE
-    report.write_text(page)
+    report = write_html(Report("Singularity on ShapesBench: single-frame vs multi-frame vs temporal training", [
+        *(Paragraph(note) for note in notes),
+        Section("Comparison (test split, %)", [Table([summary_rows(results)[0], *summary_rows(results)[1]])]),
+        Section("Plot", [Figure(plot.name, "grouped bars and test-frame curve")]),
+        Section("Single-frame model: test frames x frame ensemble (%)", [
+            Table([grid_rows(results)[0], *grid_rows(results)[1]]),
+            Paragraph("concat: all frames as one memory; mean / max / lse: each frame scored alone by ITM, combined over "
+                      "frames (the ITC pre-selection of the top-k is the frame mean in every case). Settings of these "
+                      f"evaluations beyond the run's own: {', '.join(plan['grid_overrides']) or 'none'}."),
+        ]),
+        Section("QA accuracy per question type (%)", [Table([qtype_rows(results)[0], *qtype_rows(results)[1]])]),
+        Section("Protocols", protocols),
+        Section("Time per step (s)", [Table([["step", "seconds"], *[[k, f"{v:.0f}"] for k, v in results["seconds"].items()]])]),
+    ]), out_dir / REPORT_FILE)
     return report
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from vidlab.bench.common import exit_with_parent
 from vidlab.errors import VidlabError
 
+
 class StepError(VidlabError):
     """A step of the plan failed; its log file says why."""
 

@@ -24,7 +24,6 @@ engine, with the official data pipeline, loss and multi-view test protocol.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -57,6 +56,7 @@ from vidlab.models.factory import (
     model_config,
     typed_model_config,
 )
+from vidlab.report import Figure, Paragraph, Preformatted, Report, Section, Table, write_report
 from vidlab.tasks.classification import accuracy, average_views, confusion_matrix
 
 log = logging.getLogger(__name__)
@@ -419,8 +419,6 @@ class EvlRecipe(Recipe):
 
     def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
         """The confusion matrix as a PNG (class names on the axes) and report.html (metrics, protocol, PNG)."""
-        from vidlab.engine.report import STYLE, table_html
-
         rows = self._in_dataset_order(outputs)
         num_classes = int(self.model_config().num_classes)
         names = self.class_names() or [str(i) for i in range(num_classes)]
@@ -428,16 +426,14 @@ class EvlRecipe(Recipe):
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot_confusion(counts, names, out_dir / CONFUSION_FILE.format(split=split), f"confusion matrix, {split}")
         table = [["metric", "value (%)"]] + [[key, f"{value:.2f}"] for key, value in metrics.items()]
-        protocol = self.describe_eval(outputs, split)
-        page = (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>EVL {split}</title><style>{STYLE}</style></head>"
-            f"<body><h1>EVL action recognition: {split}</h1>{table_html(table)}"
-            f"<pre>{html.escape(protocol)}</pre><h2>Confusion matrix</h2>"
-            f"<p>rows: true class, columns: predicted class (top-1 of the view-averaged scores)</p>"
-            f"<img src='{png.name}' alt='confusion matrix'></body></html>\n"
-        )
-        report = out_dir / REPORT_FILE
-        report.write_text(page)
+        report = write_report(Report(f"EVL action recognition: {split}", [
+            Table(table),
+            Preformatted(self.describe_eval(outputs, split)),
+            Section("Confusion matrix", [
+                Paragraph("rows: true class, columns: predicted class (top-1 of the view-averaged scores)"),
+                Figure(png.name, "confusion matrix"),
+            ]),
+        ]), out_dir / REPORT_FILE)
         return [png, report]
 
 

@@ -38,7 +38,6 @@ questions; answers end with the tokenizer's [SEP].
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
@@ -72,6 +71,7 @@ from vidlab.models.factory import (
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.models.text import load_tokenizer, resolve_model_folder, text_tower_config
+from vidlab.report import Preformatted, Report, Table, write_report
 from vidlab.tasks.ensemble import check_ensemble
 from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores, rank_answers
 from vidlab.tasks.rerank import (
@@ -859,15 +859,9 @@ class SingularityRecipe(Recipe):
         json_file = out_dir / f"eval_{split}_subsets.json"
         json_file.write_text(json.dumps({"task": self.task, "split": split, "metrics": nested}, indent=1) + "\n")
         rows = [["metric", "value"]] + [[key, f"{value:.2f}"] for key, value in metrics.items()]
-        table = "".join(
-            "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(cell)}</{'th' if i == 0 else 'td'}>" for cell in row) + "</tr>"
-            for i, row in enumerate(rows)
-        )
-        page = out_dir / f"eval_{split}_subsets.html"
-        page.write_text(
-            f"<!doctype html><meta charset='utf-8'><title>Singularity {html.escape(self.task)} — {html.escape(split)}</title>"
-            f"<h1>Singularity {html.escape(self.task)}, split {html.escape(split)}</h1>"
-            f"<pre>{html.escape(self.describe_eval(outputs, split))}</pre><table border='1' cellpadding='4'>{table}</table>\n"
+        page = write_report(
+            Report(f"Singularity {self.task}, split {split}", [Preformatted(self.describe_eval(outputs, split)), Table(rows)]),
+            out_dir / f"eval_{split}_subsets.html",
         )
         return [json_file, page]
 
