@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from vidlab.data.formats import MediaRecord
 from vidlab.engine.config import load_train_config
+from vidlab.engine.recipe import EvalContext
 from vidlab.engine.runner import train
 from vidlab.errors import ConfigError
 from vidlab.models import create_model
@@ -196,7 +197,7 @@ def test_eval_metrics_score_zero_shot_and_retrieval(shapes_root, text_folder, tm
         "text_embeds": torch.stack([frames[0], frames[3], frames[2]]),
         "text_owner": torch.tensor([0, 0, 1]),
     }
-    metrics = recipe.eval_metrics(outputs, "test")
+    metrics = recipe.eval_metrics(outputs, EvalContext("test"))
     assert metrics["zero_shot_appearance_top1"] == pytest.approx(200 / 3)
     assert metrics["zero_shot_shape_top1"] == 100.0
     assert metrics["t2i_R1"] == pytest.approx(100 / 3)  # caption 0 finds frame 0; the others do not

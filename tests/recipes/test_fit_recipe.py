@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from vidlab.engine.config import load_train_config, resolve_stages
+from vidlab.engine.recipe import EvalContext
 from vidlab.errors import ConfigError
 from vidlab.models.text import resolve_model_folder
 from vidlab.recipes.fit import (
@@ -94,7 +95,7 @@ def test_eval_metrics_count_each_caption_once_and_split_the_temporal_subset(shap
         "text_slot": torch.tensor([0, 1, 0, 0, 0]),
         "text_temporal": torch.tensor([False, True, True, False, True]),
     }
-    metrics = recipe.eval_metrics(outputs, "test")
+    metrics = recipe.eval_metrics(outputs, EvalContext("test"))
     assert metrics["all/t2v_R1"] == pytest.approx(300 / 4)  # caption 1 of video 0 points at video 1
     assert metrics["temporal/t2v_R1"] == pytest.approx(100 / 2)
     # v2t on the subset: videos 0 and 1 query the 2 temporal captions, each finds its own first

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from vidlab.data.mixing import loader_schedule
 from vidlab.engine.config import load_train_config
 from vidlab.engine.data import eval_loader
-from vidlab.engine.recipe import get_recipe
+from vidlab.engine.recipe import EvalContext, get_recipe
 from vidlab.engine.runner import evaluate, train
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
@@ -161,21 +161,20 @@ def test_reranking_follows_the_itm_head_within_the_top_k(retrieval_run, config_p
         return torch.stack([torch.zeros(len(videos)), match + itc[videos, texts]], 1)
 
     model.itm_logits = itc_head
-    agree = recipe.eval_metrics(outputs, "test")
+    agree = recipe.eval_metrics(outputs, EvalContext("test", model))
     for key, value in agree.items():
         if key.startswith("itm/"):
             assert value == pytest.approx(agree["itc/" + key[4:]]), key
 
     model.itm_logits = oracle_head
-    oracle = recipe.eval_metrics(outputs, "test")
+    oracle = recipe.eval_metrics(outputs, EvalContext("test", model))
     for subset in ("all", "temporal"):
         assert oracle[f"itm/{subset}/t2v_R1"] == 100.0 and oracle[f"itm/{subset}/v2t_R1"] == 100.0
     assert oracle["itc/all/t2v_R1"] < 100.0
 
     top1 = get_recipe(load_train_config(result.run_dir / "config.yaml", ["eval.k_test=1"]))
     top1.eval_set("test")
-    top1._eval_model = model
-    limited = top1.eval_metrics(outputs, "test")
+    limited = top1.eval_metrics(outputs, EvalContext("test", model))
     assert limited["itm/all/t2v_R1"] == limited["itc/all/t2v_R1"]
 
 
@@ -185,7 +184,7 @@ def test_per_frame_ensembles_score_each_test_frame(retrieval_run):
     model, _ = recipe.build_model(result.model_dir)
     outputs = _eval_outputs(recipe, model.eval())
     assert outputs["video_memory"].shape[1] == 4 and outputs["video_memory"].device.type == "cpu"  # one clip per test frame
-    metrics = recipe.eval_metrics(outputs, "test")
+    metrics = recipe.eval_metrics(outputs, EvalContext("test", model))
     assert {"itm/all/t2v_R1", "itc/temporal/v2t_R5"} <= set(metrics)
     assert "frame ensemble 'max'" in recipe.describe_eval(outputs, "test")
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from vidlab.engine.data import ResumableTrainLoader
 from vidlab.engine.distributed import gather_objects
 from vidlab.engine.optim import build_optimizer, build_scheduler
-from vidlab.engine.recipe import Recipe
+from vidlab.engine.recipe import EvalContext, Recipe
 
 CHECKPOINT_KEY = "vidlab"
 
@@ -163,7 +163,7 @@ class VidlabModule(pl.LightningModule):
         outputs = {k: torch.cat([p[k] for p in parts if k in p]) for k in set().union(*parts)}
         if not outputs:
             return
-        metrics = self.recipe.eval_metrics(outputs, split)
+        metrics = self.recipe.eval_metrics(outputs, EvalContext(split, self.model, self.device))
         self.last_eval[split] = (metrics, self.recipe.describe_eval(outputs, split))
         self.last_outputs[split] = outputs
         # every rank computed the same values; sync_dist only keeps Lightning from warning about it

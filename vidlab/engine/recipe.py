@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -23,6 +24,15 @@ from vidlab.engine.data import Collate, TrainSet
 from vidlab.errors import ConfigError
 
 Gather = Callable[[Tensor], Tensor]  # local (B, ...) -> global (B * world, ...), gradients flowing back
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an evaluation's metrics may need besides its gathered rows."""
+
+    split: str
+    model: nn.Module | None = None  # None: metrics from the stored rows alone (a protocol that scores again needs it)
+    device: torch.device = torch.device("cpu")
 
 
 @dataclass
@@ -113,8 +123,10 @@ class Recipe(ABC):
         """Per-row outputs of one batch; the engine concatenates them over batches and processes."""
 
     @abstractmethod
-    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
-        """Flat metric names -> values from every process's outputs."""
+    def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
+        """Flat metric names -> values from every process's outputs; `context` holds the evaluated model (for
+        protocols that score again, e.g. re-ranking), its device and the split. A recipe keeps no state between
+        evaluation calls."""
 
     @abstractmethod
     def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:

@@ -42,7 +42,7 @@ from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
 from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
-from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
+from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
@@ -385,7 +385,7 @@ class ClipRecipe(Recipe):
         text_to_frame = torch.searchsorted(frames["index"], outputs["text_owner"])
         return frames, outputs["text_embeds"], text_to_frame
 
-    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+    def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         frames, text_embeds, text_to_frame = self._ordered(outputs)
         metrics: dict[str, float] = {}
         for task in self.class_names():

@@ -43,7 +43,7 @@ from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
-from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
+from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.clip import ResidualAttentionBlock
@@ -388,7 +388,7 @@ class EvlRecipe(Recipe):
         order = outputs["index"].argsort()
         return {key: value[order] for key, value in outputs.items()}
 
-    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+    def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         rows = self._in_dataset_order(outputs)
         result = accuracy(rows["scores"], rows["label"], topk=(1, 5))
         return {"top1": result["top1"], "top5": result["top5"], "mean_class_acc": result["mean_class"]}

@@ -35,7 +35,7 @@ from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform
 from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
-from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
+from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
@@ -198,7 +198,6 @@ class FitRecipe(Recipe):
         if not cfg.loss.temperature > 0:
             raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature}")
         self._tokenizer: Any = None
-        self._device: torch.device | None = None
 
     # -- model ------------------------------------------------------------------------------------------
 
@@ -302,7 +301,6 @@ class FitRecipe(Recipe):
         return norm_softmax_loss(similarity, self.cfg.loss.temperature)
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        self._device = batch["video"].device
         chunk = self.cfg.eval.batch_size
         clips = batch["video"]
         view_embeds = torch.cat([model.encode_video(clips[i : i + chunk]).float() for i in range(0, len(clips), chunk)])
@@ -336,9 +334,9 @@ class FitRecipe(Recipe):
             outputs["video_views"][videos],
         )
 
-    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+    def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         video_embeds, text_embeds, text_to_video, temporal, _ = self._tables(outputs)
-        device = None if self.cfg.eval.offload_embeddings else self._device
+        device = None if self.cfg.eval.offload_embeddings else context.device
         metrics: dict[str, float] = {}
         for subset, mask in (("all", torch.ones_like(temporal)), ("temporal", temporal)):
             if not mask.any():

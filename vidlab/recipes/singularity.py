@@ -57,7 +57,7 @@ from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
-from vidlab.engine.recipe import EvalSet, Gather, Recipe, register_recipe
+from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import AnnotationError, ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import (
@@ -497,7 +497,6 @@ class SingularityRecipe(Recipe):
         self._eval_records: dict[str, list[MediaRecord]] = {}
         self._answer_list: list[str] | None = None
         self._answer_tokens: dict[torch.device, tuple[Tensor, Tensor]] = {}
-        self._eval_model: Any = None
 
     # -- model ------------------------------------------------------------------------------------------
 
@@ -681,7 +680,6 @@ class SingularityRecipe(Recipe):
         return model.forward_pretrain(batch, gather)  # loss_itc, loss_itm (and loss_mlm): logged apart
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        self._eval_model = model
         keep: Callable[[Tensor], Tensor] = (lambda t: t.cpu()) if self.cfg.eval.offload else (lambda t: t)
         ensemble = self.cfg.eval.frame_ensemble
         if self.task == "qa":
@@ -715,19 +713,21 @@ class SingularityRecipe(Recipe):
             self._answer_tokens[device] = (ids.to(device), mask.to(device))
         return self._answer_tokens[device]
 
-    def eval_metrics(self, outputs: dict[str, Tensor], split: str) -> dict[str, float]:
+    def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
+        split, model = context.split, context.model
         if self.task == "qa":
             return self._qa_metrics(outputs, split)
         if self.task == "mc":
             return self._mc_metrics(outputs, split)
-        model = self._eval_model
+        if model is None:
+            raise ConfigError("Singularity's retrieval metrics re-rank with the model: evaluate with it in the context")
         return retrieval_metrics(
             model,
             RetrievalTables.from_outputs(outputs, self._text_keys(outputs, split)),
             self.cfg.eval.k_test,
             self.cfg.eval.frame_ensemble,
             self.cfg.eval.pairs_per_call,
-            next(model.parameters()).device,
+            context.device,
             self.cfg.eval.offload,
         )
 
