@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def register_group(subparsers, name: str, help: str, modules: tuple[str, ...]) -> None:
@@ -14,6 +17,21 @@ def register_group(subparsers, name: str, help: str, modules: tuple[str, ...]) -
     group = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
     for module in modules:
         importlib.import_module(f"vidlab.cli.{module}").register(group)
+
+
+def add_report_files(parser: argparse.ArgumentParser) -> None:
+    """`--out FILE.md` and `--json FILE`: where a benchmark also writes its printed report and its data."""
+    parser.add_argument("--out", type=Path, metavar="FILE.md", help="also write the markdown report to this file")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to this file")
+
+
+def write_report_files(args: argparse.Namespace, markdown: str, data: Any) -> None:
+    """Print the report, and write it and its data where `add_report_files`' options say."""
+    print(markdown, end="")
+    for path, text in ((args.out, markdown), (args.json, json.dumps(data, indent=2) + "\n")):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,10 @@ into --workdir and reused.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from vidlab.cli._group import at_least
+from vidlab.cli._group import add_report_files, at_least, write_report_files
 
 DEFAULT_WORKDIR = Path("bench_out") / "data_videos"
 
@@ -52,8 +51,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--start-repeats", type=at_least(1), default=3, metavar="N", help="interleaved runs per start method (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip choice (default: 0)")
-    parser.add_argument("--out", type=Path, metavar="FILE.md", help="also write the markdown report to this file")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to this file")
+    add_report_files(parser)
     parser.set_defaults(func=run)
 
 
@@ -87,11 +85,5 @@ def run(args: argparse.Namespace) -> int:
         )
         markdown += "\n" + worker_start.render_start_methods(runs, setup.title, args.clips, max(args.workers))
         data["start_methods"] = [{"method": r.method, "seconds": r.seconds} for r in runs]
-    print(markdown, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(markdown)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    write_report_files(args, markdown, data)
     return 0

@@ -4,10 +4,8 @@ vidlab against a transcription of the official method, side by side, with identi
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from vidlab.cli._group import at_least
+from vidlab.cli._group import add_report_files, at_least, write_report_files
 
 
 def register(subparsers) -> None:
@@ -17,8 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("--repeats", type=at_least(1), default=3, metavar="N", help="interleaved runs per method and size (default: 3)")
     parser.add_argument("--chunk-size", type=at_least(1), default=4096, metavar="N", help="vidlab's row chunk (default: 4096)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrices (default: 0)")
-    parser.add_argument("--out", type=Path, metavar="FILE.md", help="also write the markdown report to this file")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every run as JSON to this file")
+    add_report_files(parser)
     parser.set_defaults(func=run)
 
 
@@ -26,13 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from vidlab.bench.eval import render_eval_bench, run_eval_bench
 
     bench = run_eval_bench(list(dict.fromkeys(args.sizes)), args.repeats, args.seed, args.chunk_size)
-    markdown = render_eval_bench(bench)
-    print(markdown, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(markdown)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"sizes": bench.sizes, "repeats": bench.repeats, "seed": bench.seed,
-                                         "chunk_size": bench.chunk_size, "runs": bench.runs}, indent=2) + "\n")
+    data = {"sizes": bench.sizes, "repeats": bench.repeats, "seed": bench.seed, "chunk_size": bench.chunk_size, "runs": bench.runs}
+    write_report_files(args, render_eval_bench(bench), data)
     return 0

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidlab.bench.model import run_fit_benchmark, render
+    from vidlab.bench.model import render, run_fit_benchmark
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.grad_checkpointing]
     results = [

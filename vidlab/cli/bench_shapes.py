@@ -8,10 +8,9 @@ is generated first (with --size and --seed) when it is not there yet.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from vidlab.cli._group import at_least
+from vidlab.cli._group import add_report_files, at_least, write_report_files
 
 DEFAULT_SIZE = "small"
 
@@ -27,8 +26,7 @@ def register(subparsers) -> None:
                         help=f"size to generate if --data is missing (default: {DEFAULT_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="seed to generate with if --data is missing (default: 0)")
     parser.add_argument("--threads", type=at_least(1), default=2, help="decoding threads (default: 2)")
-    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    add_report_files(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,11 +43,5 @@ def run(args: argparse.Namespace) -> int:
         generate(root, args.size, args.seed)
     rows = shapes_baselines(root, num_threads=args.threads)
     table = format_baselines(rows)
-    print(table, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(baselines_json(rows), indent=2) + "\n")
+    write_report_files(args, table, baselines_json(rows))
     return 0
