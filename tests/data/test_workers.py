@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 from fractions import Fraction
 
 import av
@@ -14,7 +15,7 @@ import torch
 from _data_fixtures import build_media_folder
 from torch.utils.data import DataLoader, Dataset
 
-from vidlab.data.workers import START_ENV, loader_kwargs, start_method, worker_context
+from vidlab.data.workers import START_ENV, WorkerError, loader_kwargs, map_in_workers, start_method, worker_context
 from vidlab.errors import ConfigError
 from vidlab.io import read_frames
 
@@ -100,3 +101,23 @@ def test_a_main_script_that_workers_cannot_import_again_is_named(monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
     with pytest.raises(ConfigError, match=r"'<stdin>' is not a file \(a script read from standard input\?\)"):
         loader_kwargs(2)
+
+
+def _square_or_hang(x: int) -> int:
+    if x == 3:
+        threading.Event().wait()  # a stuck worker
+    return x * x
+
+
+def _square_or_die(x: int) -> int:
+    if x == 3:
+        os._exit(9)  # killed
+    return x * x
+
+
+def test_a_stuck_or_dead_pool_worker_ends_the_map_with_one_error():
+    assert list(map_in_workers(_square_or_hang, [0, 1, 2], 2, stall_s=30, what="squares")) == [0, 1, 4]
+    with pytest.raises(WorkerError, match=r"squares: no result for 2 s from the 2 worker processes"):
+        list(map_in_workers(_square_or_hang, list(range(6)), 2, stall_s=2, what="squares"))
+    with pytest.raises(WorkerError, match="squares: a worker process died"):
+        list(map_in_workers(_square_or_die, list(range(6)), 2, stall_s=30, what="squares"))

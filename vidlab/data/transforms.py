@@ -40,8 +40,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from vidlab.errors import ConfigError, VidlabError

@@ -26,10 +26,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, TypeVar
 
-from vidlab.errors import ConfigError
+T = TypeVar("T")
+R = TypeVar("R")
+
+from vidlab.errors import ConfigError, VidlabError
 
 START_ENV = "VIDLAB_WORKER_START"
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -112,3 +119,34 @@ def dump_stacks(pids: list[int]) -> None:
         except ProcessLookupError:
             continue
         time.sleep(0.3)
+
+
+class WorkerError(VidlabError):
+    """A worker process died, or gave no result for too long (its stacks are printed first)."""
+
+
+def map_in_workers(fn: Callable[[T], R], items: Sequence[T], workers: int, *, stall_s: float, what: str) -> Iterator[R]:
+    """`fn` over `items` in `workers` processes started vidlab's way, results in item order. A worker that dies
+    (killed, out of memory) or no result for `stall_s` seconds ends the map with a `WorkerError`, instead of a
+    pool that replaces dead workers forever or waits forever on a stuck one."""
+    pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=WorkerSetup())
+    finished = False
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        for future in futures:
+            try:
+                yield future.result(timeout=stall_s)
+            except FutureTimeout:
+                dump_stacks(list(pool._processes))  # the executor's worker pids (no public accessor)
+                raise WorkerError(
+                    f"{what}: no result for {stall_s:g} s from the {workers} worker processes; their stacks are printed above"
+                ) from None
+            except BrokenProcessPool as e:
+                raise WorkerError(f"{what}: a worker process died ({e})") from None
+        finished = True
+    finally:
+        if not finished:
+            for process in list(pool._processes.values()):
+                process.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
+

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +39,12 @@ from vidlab.data.shapesbench.text import (
     video_captions,
     video_questions,
 )
-from vidlab.data.workers import WorkerSetup, worker_context
+from vidlab.data.workers import WorkerError, map_in_workers
 
 GENERATOR_VERSION = 2  # bump whenever output for the same parameters changes
 MANIFEST = "manifest.json"
 SERIAL_BELOW = 200  # files; smaller datasets are generated in-process unless num_workers says otherwise
+STALL_S = 300.0  # a file takes well under a second to make: a worker silent this long is stuck
 VIDEO_DIR = "videos"
 IMAGE_DIR = "images"
 
@@ -214,15 +213,12 @@ def _build(staging: Path, preset: Preset, seed: int, params: dict[str, Any], num
                 records.append(_make_item(job))
                 bar.update()
         else:
-            # An executor, not a Pool: a worker that dies (killed, out of memory) fails the build at once
-            # instead of being replaced again and again.
             try:
-                with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=WorkerSetup()) as pool:
-                    for record in pool.map(_make_item, jobs, chunksize=4):
-                        records.append(record)
-                        bar.update()
-            except BrokenProcessPool as e:
-                raise ShapesBenchError(f"a generation worker process died: {e}") from None
+                for record in map_in_workers(_make_item, jobs, workers, stall_s=STALL_S, what="ShapesBench generation"):
+                    records.append(record)
+                    bar.update()
+            except WorkerError as e:
+                raise ShapesBenchError(str(e)) from None
     videos = sorted((r for r in records if r["kind"] == "video"), key=lambda r: r["index"])
     images = sorted((r for r in records if r["kind"] == "image"), key=lambda r: r["index"])
     write_annotations(staging, videos, images)
