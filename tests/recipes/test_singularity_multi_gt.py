@@ -18,7 +18,7 @@ from vidlab.engine.recipe import get_recipe
 from vidlab.engine.runner import evaluate
 from vidlab.errors import AnnotationError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
-from vidlab.recipes.singularity import RetrievalTables
+from vidlab.tasks.rerank import RetrievalTables
 from vidlab.tasks.retrieval import invert_ground_truth
 
 # Three template captions in ShapesBench's words (the tiny text tower's vocabulary)

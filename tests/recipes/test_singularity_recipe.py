@@ -21,7 +21,8 @@ from vidlab.engine.runner import evaluate, train
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
 from vidlab.models.text import resolve_model_folder
-from vidlab.recipes.singularity import RetrievalTables, clean_text
+from vidlab.recipes.singularity import clean_text
+from vidlab.tasks.rerank import RetrievalTables
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "singularity"
 TWO_SETS = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -326,3 +326,25 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = values
     return batch
+
+
+class CaptionPairDataset(VideoTextDataset):
+    """One sample per (media file, caption) pair, as the official training files list them; `idx` numbers
+    the media file, so the rows of one file are each other's ITC positives and never each other's ITM negatives.
+
+    `match_by_caption` (official `has_multi_vision_gt`, the SSv2 label / template retrieval tasks, where one
+    caption has many ground-truth videos): `idx` numbers the caption text instead, so clips with the same caption
+    are positives of each other.
+    """
+
+    def __init__(self, records: Sequence[MediaRecord], sampler: Any, transform: Any, match_by_caption: bool = False, **kwargs: Any):
+        pairs = [r if len(r.captions) == 1 else replace(r, captions=(c,)) for r in records for c in r.captions]
+        keys = [r.captions[0] if match_by_caption else r.path for r in pairs]
+        ids: dict[str, int] = {}
+        self.match_ids = np.array([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
+        super().__init__(pairs, sampler, transform, caption_mode="first", **kwargs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = super().__getitem__(index)
+        sample["idx"] = int(self.match_ids[sample["index"]])
+        return sample

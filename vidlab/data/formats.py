@@ -596,3 +596,23 @@ def read_hmdb51_split(path: Path, root: Path, *, fold: int = 1, subset: Literal[
                 rel = os.path.join(class_name, parts[0])
                 records.append(MediaRecord(_resolve(root, rel), "video", label=label, extra={"class_name": class_name}))
     return records
+
+
+def caption_flags(captions: Sequence[str], flags: Any, path: str) -> list[bool]:
+    """The `temporal` flag of each caption (all False without flags); a paragraph (sentences joined into
+    one caption) is temporal when any of its sentences is."""
+    if flags is None:
+        return [False] * len(captions)
+    if isinstance(flags, bool):
+        return [flags] * len(captions)
+    flags = [bool(f) for f in flags]
+    if len(flags) == len(captions):
+        return flags
+    if len(captions) == 1:
+        return [any(flags)]
+    raise AnnotationError(path, None, f"{len(flags)} 'temporal' flags for {len(captions)} captions")
+
+
+def has_temporal_flags(records: Sequence[MediaRecord]) -> bool:
+    """Whether the annotations mark temporal items at all (ShapesBench does; MSR-VTT does not)."""
+    return any("temporal" in r.extra for r in records)

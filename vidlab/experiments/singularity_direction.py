@@ -294,8 +294,7 @@ def recorded_tokenizer(checkpoint: Path) -> str:
 def template_captions(classes: Sequence[str], tokenizer: str, max_length: int) -> tuple[Tensor, Tensor]:
     """(ids, mask) of the template caption of every motion class, as the experiment's template task writes them."""
     from vidlab.experiments.singularity_shapes import template_caption
-    from vidlab.models.text import load_tokenizer
-    from vidlab.recipes.singularity import Tokenize
+    from vidlab.models.text import Tokenize, load_tokenizer
 
     return Tokenize(load_tokenizer(tokenizer), max_length)([template_caption(name) for name in classes])
 

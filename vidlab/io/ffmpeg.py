@@ -7,13 +7,12 @@ against it and the benchmark can use it as the "decode lower bound".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import functools
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,16 @@ def load_text_weights(backbone: nn.Module, folder: Path) -> None:
         raise ConfigError(f"text.weights: {folder} has no model.safetensors")
     report = load_state_dict_strict(backbone, TEXT_WEIGHTS_KEY_MAP.apply(read_safetensors(weights)), str(weights))
     log.info("%s", report.format())
+
+
+class Tokenize:
+    """Tokenizer call shared by the collate functions: (ids, mask) of texts."""
+
+    def __init__(self, tokenizer: Any, max_length: int, fixed_length: bool = False):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.padding: bool | str = "max_length" if fixed_length else True
+
+    def __call__(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        tokens = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return tokens["input_ids"], tokens["attention_mask"]

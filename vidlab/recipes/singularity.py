@@ -42,23 +42,22 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from vidlab.data.datasets import MediaDataset, VideoTextDataset, collate_samples
-from vidlab.data.formats import MediaRecord
+from vidlab.data.datasets import CaptionPairDataset, MediaDataset, VideoTextDataset, collate_samples
+from vidlab.data.formats import MediaRecord, caption_flags
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, SourceConfig, TrainConfig, TrainSourceConfig
 from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
-from vidlab.errors import AnnotationError, ConfigError
+from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import (
     adopt_recorded,
@@ -70,21 +69,26 @@ from vidlab.models.factory import (
 )
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
-from vidlab.models.text import load_tokenizer, resolve_model_folder, text_tower_config
+from vidlab.models.text import Tokenize, load_tokenizer, resolve_model_folder, text_tower_config
 from vidlab.report import Preformatted, Report, Table, write_report
 from vidlab.tasks.ensemble import check_ensemble
-from vidlab.tasks.qa import exact_match_accuracy, multiple_choice_accuracy, multiple_choice_scores, rank_answers
+from vidlab.tasks.qa import (
+    answer_texts,
+    answer_weights,
+    exact_match_accuracy,
+    multiple_choice_accuracy,
+    multiple_choice_scores,
+    rank_answers,
+)
 from vidlab.tasks.rerank import (
     NOT_RERANKED,
     RECALL_AT,
     SCORINGS,
-    RetrievalFeatures,
+    RetrievalTables,
     describe_protocol,
-    itc_scores,
-    model_pair_scorer,
-    retrieval_recalls,
+    item_subsets,
+    retrieval_metrics,
 )
-from vidlab.tasks.retrieval import invert_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -187,76 +191,8 @@ def recorded_sizes(source: str) -> dict[str, Any]:
     return sizes
 
 
-class Tokenize:
-    """Tokenizer call shared by the collate functions: (ids, mask) of texts."""
-
-    def __init__(self, tokenizer: Any, max_length: int, fixed_length: bool = False):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.padding: bool | str = "max_length" if fixed_length else True
-
-    def __call__(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        tokens = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return tokens["input_ids"], tokens["attention_mask"]
-
-
-def answer_texts(answers: Sequence[str], eos: str) -> list[str]:
-    """Answers as the decoder sees them (official: "answer [SEP]")."""
-    return [f"{a} {eos}" for a in answers]
-
-
-def answer_weights(answers: Sequence[str]) -> tuple[list[str], list[float]]:
-    """The distinct answers of a question, each weighted by its share of the annotations (official)."""
-    counts: dict[str, int] = {}
-    for answer in answers:
-        counts[answer] = counts.get(answer, 0) + 1
-    return list(counts), [n / len(answers) for n in counts.values()]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Records and datasets
-
-
-def caption_flags(captions: Sequence[str], flags: Any, path: str) -> list[bool]:
-    """The `temporal` flag of each caption (all False without flags); a paragraph (sentences joined into
-    one caption) is temporal when any of its sentences is."""
-    if flags is None:
-        return [False] * len(captions)
-    if isinstance(flags, bool):
-        return [flags] * len(captions)
-    flags = [bool(f) for f in flags]
-    if len(flags) == len(captions):
-        return flags
-    if len(captions) == 1:
-        return [any(flags)]
-    raise AnnotationError(path, None, f"{len(flags)} 'temporal' flags for {len(captions)} captions")
-
-
-def has_temporal_flags(records: Sequence[MediaRecord]) -> bool:
-    """Whether the annotations mark temporal items at all (ShapesBench does; MSR-VTT does not)."""
-    return any("temporal" in r.extra for r in records)
-
-
-class CaptionPairDataset(VideoTextDataset):
-    """One sample per (media file, caption) pair, as the official training files list them; `idx` numbers
-    the media file, so the rows of one file are each other's ITC positives and never each other's ITM negatives.
-
-    `match_by_caption` (official `has_multi_vision_gt`, the SSv2 label / template retrieval tasks, where one
-    caption has many ground-truth videos): `idx` numbers the caption text instead, so clips with the same caption
-    are positives of each other.
-    """
-
-    def __init__(self, records: Sequence[MediaRecord], sampler: Any, transform: Any, match_by_caption: bool = False, **kwargs: Any):
-        pairs = [r if len(r.captions) == 1 else replace(r, captions=(c,)) for r in records for c in r.captions]
-        keys = [r.captions[0] if match_by_caption else r.path for r in pairs]
-        ids: dict[str, int] = {}
-        self.match_ids = np.array([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
-        super().__init__(pairs, sampler, transform, caption_mode="first", **kwargs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = super().__getitem__(index)
-        sample["idx"] = int(self.match_ids[sample["index"]])
-        return sample
 
 
 def _videos(samples: Sequence[dict[str, Any]]) -> Tensor:
@@ -372,99 +308,6 @@ class MCEvalCollate:
 
 # ---------------------------------------------------------------------------------------------------------
 # Metrics
-
-
-def first_of_each(keys: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """(N,) the number of each row's key, keys numbered in order of first appearance, and (G,) the row where
-    each key first appears."""
-    numbers: dict[str, int] = {}
-    first: list[int] = []
-    for row, key in enumerate(keys):
-        if key not in numbers:
-            numbers[key] = len(first)
-            first.append(row)
-    return torch.tensor([numbers[key] for key in keys], dtype=torch.long), torch.tensor(first, dtype=torch.long)
-
-
-@dataclass
-class RetrievalTables:
-    """Evaluation rows in dataset order: videos by index, texts by (video, slot). With grouped captions
-    (official `has_multi_vision_gt`) a text is one distinct caption, at its first row, and its ground truth is
-    every video the caption belongs to."""
-
-    memory: Tensor  # (V, C, M, D)
-    pooled: Tensor  # (V, T, D)
-    text_states: Tensor  # (N, L, D), trimmed to the longest caption
-    text_mask: Tensor  # (N, L)
-    text_videos: Tensor  # (N, K) long, -1 padded: the ground-truth videos of each text (K = 1 ungrouped)
-    temporal: Tensor  # (N,) bool; a grouped caption is temporal when any of its rows is
-
-    @property
-    def text_to_video(self) -> Tensor:
-        """(N,) the (first) ground-truth video of each text."""
-        return self.text_videos[:, 0]
-
-    @classmethod
-    def from_outputs(cls, outputs: Mapping[str, Tensor], text_keys: Sequence[str] | None = None) -> RetrievalTables:
-        """`text_keys` (one per output text row, e.g. its raw caption): rows with equal keys become one text."""
-        video_order = torch.argsort(outputs["video_index"])
-        video_index = outputs["video_index"][video_order]
-        owner, slot = outputs["text_video_index"], outputs["text_slot"]
-        text_order = torch.argsort(owner * (int(slot.max()) + 1) + slot)
-        row_video = torch.searchsorted(video_index, owner[text_order])
-        row_temporal = outputs["text_temporal"][text_order].bool()
-        if text_keys is None:
-            rows, text_videos, temporal = text_order, row_video[:, None], row_temporal
-        else:
-            group, first = first_of_each([text_keys[int(row)] for row in text_order])
-            pairs = torch.unique(torch.stack([group, row_video], 1), dim=0)  # distinct (text, video), sorted
-            members = invert_ground_truth(pairs[:, 0], len(first))  # (G, K) positions in pairs
-            text_videos = torch.where(members >= 0, pairs[:, 1][members.clamp(min=0)], -1)
-            temporal = torch.zeros(len(first), dtype=torch.bool)
-            temporal[group[row_temporal]] = True
-            rows = text_order[first]
-        mask = outputs["text_mask"][rows]
-        length = int(mask.sum(1).max())
-        return cls(  # float32: features kept in half precision under mixed precision
-            memory=outputs["video_memory"][video_order].float(),
-            pooled=outputs["video_pooled"][video_order].float(),
-            text_states=outputs["text_states"][rows][:, :length].float(),
-            text_mask=mask[:, :length],
-            text_videos=text_videos,
-            temporal=temporal,
-        )
-
-    def subsets(self) -> dict[str, Tensor]:
-        """Text positions of each subset that has texts: all, and those flagged temporal."""
-        subsets = {"all": torch.arange(len(self.text_videos))}
-        if self.temporal.any():
-            subsets["temporal"] = self.temporal.nonzero().flatten()
-        return subsets
-
-
-def retrieval_metrics(
-    model: Any,
-    tables: RetrievalTables,
-    k: int,
-    ensemble: str,
-    pairs_per_call: int,
-    device: torch.device,
-    offload: bool,
-) -> dict[str, float]:
-    """ITC and ITM re-ranked recalls of every subset (see the module docstring for the names)."""
-    keep = (lambda t: t) if offload else (lambda t: t.to(device))
-    features = RetrievalFeatures(keep(tables.memory), keep(tables.pooled), keep(tables.text_states), keep(tables.text_mask))
-    itc = itc_scores(model, features, device)
-    return retrieval_recalls(itc, model_pair_scorer(model, features, device), tables.text_videos, tables.subsets(), k, ensemble, pairs_per_call)
-
-
-def item_subsets(records: Sequence[MediaRecord], index: Tensor) -> dict[str, Tensor]:
-    """Masks over evaluated items (dataset `index`): all, and with `temporal` flags temporal / appearance."""
-    subsets = {"all": torch.ones(len(index), dtype=torch.bool)}
-    if has_temporal_flags(records):
-        temporal = torch.tensor([bool(records[int(i)].extra.get("temporal")) for i in index], dtype=torch.bool)
-        subsets.update(temporal=temporal, appearance=~temporal)
-    return {name: mask for name, mask in subsets.items() if mask.any()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -878,15 +721,10 @@ def _retrieval_rows(metrics: Mapping[str, float]) -> list[tuple[str, str, str]]:
 
 
 __all__ = [
-    "CaptionPairDataset",
-    "RetrievalTables",
     "SingularityDataConfig",
     "SingularityRecipe",
     "SingularityRecipeEvalConfig",
     "SingularityRecipeTextConfig",
     "SingularityTrainConfig",
-    "answer_weights",
-    "caption_flags",
     "clean_text",
-    "retrieval_metrics",
 ]

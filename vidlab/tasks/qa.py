@@ -144,6 +144,20 @@ def multiple_choice_accuracy(scores: Tensor, answers: Tensor) -> float:
     return 100.0 * float((scores.argmax(dim=1) == answers.to(scores.device)).float().mean())
 
 
+
+def answer_texts(answers: Sequence[str], eos: str) -> list[str]:
+    """Answers as the decoder sees them (official: "answer [SEP]")."""
+    return [f"{a} {eos}" for a in answers]
+
+
+def answer_weights(answers: Sequence[str]) -> tuple[list[str], list[float]]:
+    """The distinct answers of a question, each weighted by its share of the annotations (official)."""
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return list(counts), [n / len(answers) for n in counts.values()]
+
+
 __all__ = [
     "QA_SCORINGS",
     "AnswerDecoder",
@@ -152,4 +166,6 @@ __all__ = [
     "exact_match_accuracy",
     "multiple_choice_scores",
     "multiple_choice_accuracy",
+    "answer_texts",
+    "answer_weights",
 ]

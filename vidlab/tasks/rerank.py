@@ -18,13 +18,14 @@ on captions joined into one text per video (`vidlab.data.formats.join_captions`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from vidlab.data.formats import MediaRecord, has_temporal_flags
 from vidlab.errors import ConfigError
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
 from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, singularity_itm_eval, singularity_recalls
@@ -252,6 +253,100 @@ def evaluate_retrieval(
     )
 
 
+
+def first_of_each(keys: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(N,) the number of each row's key, keys numbered in order of first appearance, and (G,) the row where
+    each key first appears."""
+    numbers: dict[str, int] = {}
+    first: list[int] = []
+    for row, key in enumerate(keys):
+        if key not in numbers:
+            numbers[key] = len(first)
+            first.append(row)
+    return torch.tensor([numbers[key] for key in keys], dtype=torch.long), torch.tensor(first, dtype=torch.long)
+
+
+@dataclass
+class RetrievalTables:
+    """Evaluation rows in dataset order: videos by index, texts by (video, slot). With grouped captions
+    (official `has_multi_vision_gt`) a text is one distinct caption, at its first row, and its ground truth is
+    every video the caption belongs to."""
+
+    memory: Tensor  # (V, C, M, D)
+    pooled: Tensor  # (V, T, D)
+    text_states: Tensor  # (N, L, D), trimmed to the longest caption
+    text_mask: Tensor  # (N, L)
+    text_videos: Tensor  # (N, K) long, -1 padded: the ground-truth videos of each text (K = 1 ungrouped)
+    temporal: Tensor  # (N,) bool; a grouped caption is temporal when any of its rows is
+
+    @property
+    def text_to_video(self) -> Tensor:
+        """(N,) the (first) ground-truth video of each text."""
+        return self.text_videos[:, 0]
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, Tensor], text_keys: Sequence[str] | None = None) -> RetrievalTables:
+        """`text_keys` (one per output text row, e.g. its raw caption): rows with equal keys become one text."""
+        video_order = torch.argsort(outputs["video_index"])
+        video_index = outputs["video_index"][video_order]
+        owner, slot = outputs["text_video_index"], outputs["text_slot"]
+        text_order = torch.argsort(owner * (int(slot.max()) + 1) + slot)
+        row_video = torch.searchsorted(video_index, owner[text_order])
+        row_temporal = outputs["text_temporal"][text_order].bool()
+        if text_keys is None:
+            rows, text_videos, temporal = text_order, row_video[:, None], row_temporal
+        else:
+            group, first = first_of_each([text_keys[int(row)] for row in text_order])
+            pairs = torch.unique(torch.stack([group, row_video], 1), dim=0)  # distinct (text, video), sorted
+            members = invert_ground_truth(pairs[:, 0], len(first))  # (G, K) positions in pairs
+            text_videos = torch.where(members >= 0, pairs[:, 1][members.clamp(min=0)], -1)
+            temporal = torch.zeros(len(first), dtype=torch.bool)
+            temporal[group[row_temporal]] = True
+            rows = text_order[first]
+        mask = outputs["text_mask"][rows]
+        length = int(mask.sum(1).max())
+        return cls(  # float32: features kept in half precision under mixed precision
+            memory=outputs["video_memory"][video_order].float(),
+            pooled=outputs["video_pooled"][video_order].float(),
+            text_states=outputs["text_states"][rows][:, :length].float(),
+            text_mask=mask[:, :length],
+            text_videos=text_videos,
+            temporal=temporal,
+        )
+
+    def subsets(self) -> dict[str, Tensor]:
+        """Text positions of each subset that has texts: all, and those flagged temporal."""
+        subsets = {"all": torch.arange(len(self.text_videos))}
+        if self.temporal.any():
+            subsets["temporal"] = self.temporal.nonzero().flatten()
+        return subsets
+
+
+def retrieval_metrics(
+    model: Any,
+    tables: RetrievalTables,
+    k: int,
+    ensemble: str,
+    pairs_per_call: int,
+    device: torch.device,
+    offload: bool,
+) -> dict[str, float]:
+    """ITC and ITM re-ranked recalls of every subset (see the module docstring for the names)."""
+    keep = (lambda t: t) if offload else (lambda t: t.to(device))
+    features = RetrievalFeatures(keep(tables.memory), keep(tables.pooled), keep(tables.text_states), keep(tables.text_mask))
+    itc = itc_scores(model, features, device)
+    return retrieval_recalls(itc, model_pair_scorer(model, features, device), tables.text_videos, tables.subsets(), k, ensemble, pairs_per_call)
+
+
+def item_subsets(records: Sequence[MediaRecord], index: Tensor) -> dict[str, Tensor]:
+    """Masks over evaluated items (dataset `index`): all, and with `temporal` flags temporal / appearance."""
+    subsets = {"all": torch.ones(len(index), dtype=torch.bool)}
+    if has_temporal_flags(records):
+        temporal = torch.tensor([bool(records[int(i)].extra.get("temporal")) for i in index], dtype=torch.bool)
+        subsets.update(temporal=temporal, appearance=~temporal)
+    return {name: mask for name, mask in subsets.items() if mask.any()}
+
+
 __all__ = [
     "NOT_RERANKED",
     "PairScorer",
@@ -268,4 +363,8 @@ __all__ = [
     "RetrievalEvaluation",
     "describe_protocol",
     "evaluate_retrieval",
+    "RetrievalTables",
+    "retrieval_metrics",
+    "item_subsets",
+    "first_of_each",
 ]
