@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -121,3 +124,48 @@ def test_a_stuck_or_dead_pool_worker_ends_the_map_with_one_error():
         list(map_in_workers(_square_or_hang, list(range(6)), 2, stall_s=2, what="squares"))
     with pytest.raises(WorkerError, match="squares: a worker process died"):
         list(map_in_workers(_square_or_die, list(range(6)), 2, stall_s=30, what="squares"))
+
+
+KILLED_RUN = """
+import os, time
+from torch.utils.data import DataLoader, Dataset
+from vidlab.data.workers import loader_kwargs
+
+class Slow(Dataset):
+    def __len__(self):
+        return 10000
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return i
+
+if __name__ == "__main__":
+    batches = iter(DataLoader(Slow(), batch_size=2, num_workers=2, persistent_workers=True, **loader_kwargs(2)))
+    next(batches)
+    print(*[w.pid for w in batches._workers], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_loader_workers_end_soon_after_a_kill_of_their_parent(tmp_path):
+    """A fork server's child has the server as its OS parent, which PyTorch's workers watch: they must still end."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RUN)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in run.stdout.readline().split()]
+        assert len(workers) == 2
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has ended

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import resource
 import sys
-import threading
-import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
+from vidlab.data.workers import exit_with_parent
 from vidlab.errors import VidlabError
 
 
@@ -30,23 +28,6 @@ def peak_rss_mib() -> float:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     scale = 2**20 if sys.platform == "darwin" else 2**10
     return max(own, children) / scale
-
-
-def exit_with_parent() -> None:
-    """Ends this process once the process that started it is gone (a killed experiment or benchmark): a child would
-    otherwise run on as an orphan, holding the GPU and writing into folders a rerun uses. A daemon thread checks
-    every second. The multiprocessing parent is the caller even for a forkserver's child (whose OS parent, the
-    server, outlives it); the process's DataLoader workers follow it (they watch their parent too)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # not a multiprocessing child: no parent to outlive
-        return
-
-    def watch() -> None:
-        while parent.is_alive():
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _isolated_entry(conn: Connection, start_method: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -78,9 +79,28 @@ def worker_context() -> BaseContext:
     return context
 
 
+def exit_with_parent() -> None:
+    """Ends this process once the process that started it is gone (a killed experiment or benchmark): a child would
+    otherwise run on as an orphan, holding the GPU and writing into folders a rerun uses. A daemon thread checks
+    every second. The multiprocessing parent is the caller even for a forkserver's child (whose OS parent, the
+    server, outlives it)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: no parent to outlive
+        return
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class WorkerSetup:
     """Run first in every worker: the parent's environment variables as they were when this object was made,
-    and `STACKS_SIGNAL` dumping the worker's Python stacks to stderr (what a stalled loader asks for)."""
+    `STACKS_SIGNAL` dumping the worker's Python stacks to stderr (what a stalled loader asks for), and an exit
+    when the parent dies. The last is needed because a fork server's child has the server as its OS parent:
+    PyTorch's DataLoader workers watch that one, so after a `kill -9` of the training they would live on."""
 
     def __init__(self) -> None:
         self.environ = dict(os.environ)
@@ -90,6 +110,7 @@ class WorkerSetup:
         os.environ.update(self.environ)
         if STACKS_SIGNAL is not None:
             faulthandler.register(STACKS_SIGNAL, all_threads=True)
+        exit_with_parent()
 
 
 def start_early(num_workers: int) -> None:
