@@ -23,6 +23,7 @@ from vidlab.experiments.singularity_direction import (
     run_direction_probe,
     train_readout,
 )
+from vidlab.losses.singularity import losses_of_features
 from vidlab.models import create_model, model_config
 from vidlab.models.checkpoint import save_vidlab_checkpoint
 from vidlab.models.factory import apply_overrides
@@ -159,7 +160,7 @@ def test_the_template_readout_needs_the_temporal_itc_path():
                         torch.ones(2, 3).long())
     model = tiny_temporal(**{"temporal_vision_encoder.update_pooler_embed": False})
     with pytest.raises(ConfigError, match="pooled per-frame features"):
-        model.matching_losses(model.add_time(VideoFeatures(torch.randn(2, 4, 5, model.vision_width), None)),
+        losses_of_features(model, model.add_time(VideoFeatures(torch.randn(2, 4, 5, model.vision_width), None)),
                               {"input_ids": torch.ones(2, 3).long(), "attention_mask": torch.ones(2, 3).long()})
 
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from vidlab.losses.matching import (
     MatchingLossError,
-    frame_mean_similarity,
     itc_loss,
     itm_loss,
     mask_tokens,
@@ -21,6 +20,7 @@ from vidlab.losses.matching import (
     sample_itm_negatives,
     sample_negatives,
 )
+from vidlab.models.singularity import frame_mean_similarity
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 101, 102, 103, 30522
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vidlab.errors import ConfigError
+from vidlab.losses.singularity import matching_losses, qa_loss
 from vidlab.models import create_model, create_model_with_report, model_config
 from vidlab.models.errors import ModelInputError
 from vidlab.models.factory import apply_overrides
@@ -38,7 +39,7 @@ def test_pretraining_step_returns_weighted_itc_itm_mlm_and_trains_every_part():
     model = tiny(task="pretrain", **{"losses.mlm_weight": 0.5})
     with torch.no_grad():
         model.temp.fill_(1.0)
-    losses = model.forward_pretrain(retrieval_batch(), generator=torch.Generator().manual_seed(0))
+    losses = matching_losses(model, retrieval_batch(), generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"loss_itc", "loss_itm", "loss_mlm"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     assert model.temp.item() == 0.5  # clamped to the official [0.001, 0.5] before the step
@@ -55,7 +56,7 @@ def test_pretraining_step_returns_weighted_itc_itm_mlm_and_trains_every_part():
 
 
 def test_retrieval_fine_tuning_has_no_mlm_loss():
-    losses = tiny().forward_pretrain(retrieval_batch())
+    losses = matching_losses(tiny(), retrieval_batch())
     assert set(losses) == {"loss_itc", "loss_itm"}
 
 
@@ -65,19 +66,19 @@ def test_gathered_negatives_widen_the_itc_columns():
     model = tiny(**{"losses.gather_negatives": True}).eval()
     batch = retrieval_batch()
     with torch.no_grad():
-        local = model.forward_pretrain(batch)
-        gathered = model.forward_pretrain(batch, gather=lambda t: torch.cat([t, t]))
+        local = matching_losses(model, batch)
+        gathered = matching_losses(model, batch, gather=lambda t: torch.cat([t, t]))
     torch.testing.assert_close(gathered["loss_itc"], local["loss_itc"] + math.log(2))
     with pytest.raises(ConfigError, match="needs batch\\['idx'\\]"):
-        model.forward_pretrain({k: v for k, v in batch.items() if k != "idx"}, gather=lambda t: torch.cat([t, t]))
+        matching_losses(model, {k: v for k, v in batch.items() if k != "idx"}, gather=lambda t: torch.cat([t, t]))
 
 
 def test_gather_is_ignored_unless_asked_as_in_the_official_code():
     model = tiny().eval()
     batch = retrieval_batch()
     with torch.no_grad():
-        local = model.forward_pretrain(batch)["loss_itc"]
-        offered = model.forward_pretrain(batch, gather=lambda t: torch.cat([t, t]))["loss_itc"]
+        local = matching_losses(model, batch)["loss_itc"]
+        offered = matching_losses(model, batch, gather=lambda t: torch.cat([t, t]))["loss_itc"]
     torch.testing.assert_close(local, offered)
 
 
@@ -95,7 +96,7 @@ def test_qa_loss_is_the_weighted_answer_nll_over_the_questions():
         "answer_weights": torch.tensor([0.5, 0.5, 1.0]),
     }
     with torch.no_grad():
-        loss = model(batch)["loss_qa"]
+        loss = qa_loss(model, batch)
         states = model.question_states(
             model.encode_video(batch["video"]).memory, batch["question_ids"], batch["question_mask"]
         )

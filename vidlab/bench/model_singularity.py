@@ -114,6 +114,7 @@ def singularity_step_benchmark(
 ) -> SingularityTrainResult:
     """Mean time of `steps` training steps after `warmup` untimed ones; `text_length` defaults to the
     config's tokenizer truncation (text.max_length)."""
+    from vidlab.losses.singularity import matching_losses
     from vidlab.models import create_model_with_report
 
     check_device(device, precision)
@@ -133,7 +134,7 @@ def singularity_step_benchmark(
         "idx": torch.arange(batch_size, device=device),
     }
     seconds, peak = time_training_steps(
-        lambda: sum(net.forward_pretrain(batch).values()), net.parameters(),
+        lambda: sum(matching_losses(net, batch).values()), net.parameters(),
         steps=steps, warmup=warmup, device=device, precision=precision,
     )
     return SingularityTrainResult(

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
+from vidlab.losses.singularity import losses_of_features
 from vidlab.models.singularity import Singularity, VideoFeatures, encode_across_time, init_bert_weights
 
 DIRECTION_READOUTS = ("order", "set", "temporal_embed", "temporal")
@@ -209,7 +210,7 @@ class TemplateReadout(nn.Module):
         if self.kind == "template_choice":
             return F.cross_entropy(self(tokens), labels)
         batch = {"input_ids": self.caption_ids[labels], "attention_mask": self.caption_mask[labels], "idx": labels}
-        return sum(self.model.matching_losses(self._video(tokens), batch).values())
+        return sum(losses_of_features(self.model, self._video(tokens), batch).values())
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, 4, L, D) -> (B, templates) ITM scores."""

@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches
-from vidlab.losses.matching import frame_mean_similarity
 from vidlab.models import create_model
 from vidlab.models.beit import beit_relative_position_index
 from vidlab.models.factory import apply_overrides
-from vidlab.models.singularity import Singularity
+from vidlab.models.singularity import Singularity, frame_mean_similarity
 from vidlab.models.singularity_weights import singularity_config_from_official
 from vidlab.tasks.ensemble import FRAME_ENSEMBLES
 from vidlab.tasks.qa import rank_answers

@@ -33,12 +33,6 @@ class MatchingLossError(VidlabError):
     """A batch cannot form the pairs a matching loss needs (e.g. a row without any negative)."""
 
 
-def frame_mean_similarity(video_feat: Tensor, text_feat: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
-    """(B, T, E) per-frame and (N, E) text features (already normalised) -> (B, N) mean over frames of the
-    per-frame dot products, divided by `temperature` (Singularity's `get_sim`; not the cosine of a mean)."""
-    return torch.einsum("bte,ne->btn", video_feat, text_feat).mean(dim=1) / temperature
-
-
 def positive_mask(idx_rows: Tensor | None, idx_columns: Tensor | None, num_rows: int, num_columns: int) -> Tensor:
     """(R, C) bool: True where row and column come from the same source; the diagonal without `idx`."""
     if idx_rows is None or idx_columns is None:
@@ -184,7 +178,6 @@ def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 __all__ = [
     "MatchingLossError",
-    "frame_mean_similarity",
     "positive_mask",
     "multi_positive_targets",
     "soft_cross_entropy",

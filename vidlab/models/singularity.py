@@ -18,7 +18,7 @@
 
 Parameter names are the official downstream names (`text_encoder.encoder.layer.N...`), so official
 checkpoints load with the small map of `vidlab.models.singularity_weights`. Training logic stays out of
-the model: `forward_pretrain(batch)` returns the losses of a batch, `forward_qa(batch)` the QA loss, and
+the model: the losses are `vidlab.losses.singularity`'s (`matching_losses`: ITC + ITM (+ MLM), `qa_loss`), and
 the evaluation protocols (`vidlab.tasks.rerank`, `vidlab.tasks.qa`) call `encode_clips`, `encode_text`,
 `itm_logits`, `question_states`, `answer_start_logits`, `answer_nll`.
 
@@ -28,7 +28,6 @@ Input frames are (B, T, 3, H, W), normalised with mean = std = 0.5, at the tower
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,14 +37,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from vidlab.errors import ConfigError
-from vidlab.losses.matching import (
-    frame_mean_similarity,
-    itc_loss,
-    itm_loss,
-    mask_tokens,
-    mlm_loss,
-    sample_itm_negatives,
-)
 from vidlab.models.beit import VisionTower, VisionTowerConfig
 from vidlab.models.errors import ModelInputError
 from vidlab.models.factory import ModelFamily, register_family
@@ -64,7 +55,12 @@ QA_SCORINGS = ("faithful", "corrected")  # how `vidlab.tasks.qa.rank_answers` sc
 MASK_FILL = -10000.0  # additive attention bias of padded positions (official xbert)
 TEMP_RANGE = (0.001, 0.5)
 
-Gather = Callable[[Tensor], Tensor]
+
+
+def frame_mean_similarity(video_feat: Tensor, text_feat: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """(B, T, E) per-frame and (N, E) text features (already normalised) -> (B, N) mean over frames of the
+    per-frame dot products, divided by `temperature` (Singularity's `get_sim`; not the cosine of a mean)."""
+    return torch.einsum("bte,ne->btn", video_feat, text_feat).mean(dim=1) / temperature
 
 
 @dataclass
@@ -545,75 +541,11 @@ class Singularity(nn.Module):
     def clamp_temperature(self) -> None:
         self.temp.clamp_(*TEMP_RANGE)
 
-    def forward_pretrain(
-        self, batch: Mapping[str, Tensor], gather: Gather | None = None, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Weighted losses of one batch: `loss_itc`, `loss_itm`, and `loss_mlm` for task 'pretrain'.
-
-        batch: `video` (B, T, 3, H, W), `input_ids` / `attention_mask` (B, L), optional `idx` (B,) naming
-        each sample's source (same idx = extra ITC positives, never an ITM negative). `gather` (local ->
-        all processes) widens the negatives to the global batch when `losses.gather_negatives` is set.
-        """
-        return self.matching_losses(self.encode_video(batch["video"]), batch, gather, generator)
-
-    def matching_losses(
-        self, video: VideoFeatures, batch: Mapping[str, Tensor], gather: Gather | None = None, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """`forward_pretrain`'s losses from encoded video features (`encode_video`); `batch` without `video`."""
-        if self.cfg.task == "qa":
-            raise ConfigError("a QA model trains with forward_qa")
-        if video.pooled is None:
-            raise ConfigError("ITC needs pooled per-frame features (a pooler, or temporal_vision_encoder.update_pooler_embed)")
-        losses_cfg = self.cfg.losses
-        self.clamp_temperature()
-        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        idx = batch.get("idx")
-        gathering = losses_cfg.gather_negatives and gather is not None
-        if gathering and idx is None:
-            raise ConfigError(
-                "losses.gather_negatives needs batch['idx'] to find each row's positives in the global batch"
-            )
-        widen = gather if gathering else (lambda local: local)
-
-        video_feat, text_feat = self.video_feat(video.pooled), self.text_feat(text.pooled)
-        all_video_feat, all_text_feat = widen(video_feat), widen(text_feat)
-        all_idx = widen(idx) if idx is not None else None
-        sim_v2t = frame_mean_similarity(video_feat, all_text_feat, self.temp)
-        sim_t2v = frame_mean_similarity(all_video_feat, text_feat, self.temp).T
-        losses = {"loss_itc": losses_cfg.itc_weight * itc_loss(sim_v2t, sim_t2v, idx, idx, all_idx, all_idx)}
-
-        memory = video.memory
-        negatives = sample_itm_negatives(
-            sim_v2t.detach(), sim_t2v.detach(), idx, idx, all_idx, all_idx, losses_cfg.itm_hard_negatives, generator
-        )
-        states, mask = text.states, text.mask
-        if gathering:  # each process pads its captions to its longest: gather them at the longest of all
-            length = int(widen(torch.tensor([mask.shape[1]], device=mask.device)).max())
-            states, mask = F.pad(states, (0, 0, 0, length - mask.shape[1])), F.pad(mask, (0, length - mask.shape[1]))
-        negative_memory = widen(memory)[negatives.video_for_text]
-        negative_text = widen(states)[negatives.text_for_video]
-        negative_mask = widen(mask)[negatives.text_for_video]
-        logits = self.itm_logits(
-            torch.cat([states, states, negative_text]),
-            torch.cat([mask, mask, negative_mask]),
-            torch.cat([memory, negative_memory, memory]),
-        )
-        losses["loss_itm"] = losses_cfg.itm_weight * itm_loss(logits)
-
-        if self.cfg.task == "pretrain":
-            special = (self.cfg.text.pad_token_id, self.cfg.text.cls_token_id)
-            masked = mask_tokens(
-                batch["input_ids"],
-                self.cfg.text.vocab_size,
-                self.cfg.text.mask_token_id,
-                special,
-                losses_cfg.mlm_prob,
-                generator,
-            )
-            masked_states = self.text_encoder.encode_text(masked.input_ids, text.mask)
-            fused = self.fuse(masked_states, text.mask, memory)
-            losses["loss_mlm"] = losses_cfg.mlm_weight * mlm_loss(self.text_encoder.lm_logits(fused), masked.labels)
-        return losses
+    def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The contrastive features: (B, T, E) per-frame video features and (N, E) text features, normalised.
+        Training losses are `vidlab.losses.singularity`'s; scoring, the methods above."""
+        video_features = self.encode_video(video)
+        return self.video_feat(video_features.pooled), self.text_feat(self.encode_text(input_ids, attention_mask).pooled)
 
     # -- QA -------------------------------------------------------------------------------------------
 
@@ -647,27 +579,6 @@ class Singularity(nn.Module):
         targets = answer_ids[:, 1:].masked_fill(answer_ids[:, 1:] == self.cfg.text.pad_token_id, -100)
         token_nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         return token_nll.sum(dim=1)
-
-    def forward_qa(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The official QA training loss: sum over answers of weight * answer NLL, / number of questions.
-
-        batch: `video`, `question_ids` / `question_mask` (B, Lq), `answer_ids` / `answer_mask` (A, La) with
-        the answers of question b consecutive, `answers_per_question` (B,), `answer_weights` (A,).
-        """
-        memory = self.encode_video(batch["video"]).memory
-        states = self.question_states(memory, batch["question_ids"], batch["question_mask"])
-        counts = torch.as_tensor(batch["answers_per_question"], device=states.device)
-        nll = self.answer_nll(
-            states.repeat_interleave(counts, dim=0),
-            batch["question_mask"].repeat_interleave(counts, dim=0),
-            batch["answer_ids"],
-            batch["answer_mask"],
-        )
-        return {"loss_qa": (batch["answer_weights"] * nll).sum() / states.shape[0]}
-
-    def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
-        """The training losses of the model's task (`forward_qa` or `forward_pretrain`)."""
-        return self.forward_qa(batch) if self.cfg.task == "qa" else self.forward_pretrain(batch, gather)
 
 
 def build_singularity(cfg: DictConfig, init_weights: bool = True) -> Singularity:

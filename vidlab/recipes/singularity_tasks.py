@@ -21,6 +21,7 @@ from vidlab.data.formats import MediaRecord, caption_flags
 from vidlab.data.quality import BAD_SAMPLES_KEY
 from vidlab.engine.recipe import EvalContext, Gather
 from vidlab.errors import ConfigError
+from vidlab.losses.singularity import matching_losses, qa_loss
 from vidlab.models.text import Tokenize
 from vidlab.tasks.qa import (
     answer_texts,
@@ -240,7 +241,7 @@ class RetrievalTask(SingularityTask):
         return records, VideoTextDataset(records, caption_mode="all", **args), RetrievalEvalCollate(tokenize)
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | dict[str, Tensor]:
-        return model.forward_pretrain(batch, gather)  # loss_itc, loss_itm (and loss_mlm): logged apart
+        return matching_losses(model, batch, gather)  # loss_itc, loss_itm (and loss_mlm): logged apart
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         keep: Callable[[Tensor], Tensor] = (lambda t: t.cpu()) if self.cfg.eval.offload else (lambda t: t)
@@ -358,7 +359,7 @@ class QATask(SingularityTask):
         return records, MediaDataset(records, **args), collate
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | dict[str, Tensor]:
-        return model.forward_qa(batch)["loss_qa"]
+        return qa_loss(model, batch)
 
     def _answers_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """The tokenized answer list on `device` (tokenized once)."""
@@ -425,7 +426,7 @@ class MultipleChoiceTask(SingularityTask):
         return RetrievalTask(self.recipe).train_set(entry, where)  # MC fine-tunes as retrieval does
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | dict[str, Tensor]:
-        return model.forward_pretrain(batch, gather)
+        return matching_losses(model, batch, gather)
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         scores = multiple_choice_scores(model, batch["video"], batch["option_ids"], batch["option_mask"], self.cfg.eval.frame_ensemble)
