@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from vidlab.tasks.classification import accuracy, average_views, confusion_matrix
+from vidlab.errors import ConfigError
+from vidlab.tasks.classification import (
+    accuracy,
+    average_views,
+    check_views,
+    classification_metrics,
+    confusion_matrix,
+    multiview_scores,
+)
 
 
 def test_views_are_averaged_as_probabilities_not_logits():
@@ -22,3 +30,25 @@ def test_accuracy_topk_and_mean_class():
 def test_confusion_matrix_rows_are_true_classes():
     cm = confusion_matrix(torch.tensor([0, 0, 2]), torch.tensor([0, 1, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
+
+
+def test_multiview_scores_classify_every_view_and_average_their_softmax():
+    clips = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 1, 1, 2, 2)  # 2 videos x 3 views
+    seen = []
+
+    def classify(batch):
+        seen.append(batch.shape)
+        return torch.stack([batch.flatten(1).mean(1), -batch.flatten(1).mean(1)], 1)
+
+    scores = multiview_scores(classify, clips)
+    assert seen == [(6, 1, 1, 2, 2)]  # one batch of every view
+    assert torch.allclose(scores, average_views(classify(clips.flatten(0, 1)).view(2, 3, 2)))
+    assert classification_metrics(scores, torch.tensor([0, 0]))["top1"] == 100.0
+
+
+def test_view_counts_are_checked_with_the_setting_named():
+    assert check_views(3, 10) == (3, 10)
+    with pytest.raises(ConfigError, match="eval.spatial_views must be 1 or 3, got 2"):
+        check_views(2, 1)
+    with pytest.raises(ConfigError, match="eval.temporal_views must be >= 1, got 0"):
+        check_views(1, 0)

@@ -57,7 +57,7 @@ from vidlab.models.factory import (
     typed_model_config,
 )
 from vidlab.report import Figure, Paragraph, Preformatted, Report, Section, Table, write_report
-from vidlab.tasks.classification import accuracy, average_views, confusion_matrix
+from vidlab.tasks.classification import check_views, classification_metrics, confusion_matrix, multiview_scores
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +318,7 @@ class EvlRecipe(Recipe):
         return make_sampler("evl_train", num_frames=num_frames, sampling_rate=data.sampling_rate)
 
     def _views(self) -> tuple[int, int]:
-        spatial, temporal = self.cfg.eval.spatial_views, self.cfg.eval.temporal_views
-        if spatial not in (1, 3):
-            raise ConfigError(f"eval.spatial_views must be 1 or 3, got {spatial}")
-        if temporal < 1:
-            raise ConfigError(f"eval.temporal_views must be >= 1, got {temporal}")
-        return spatial, temporal
+        return check_views(self.cfg.eval.spatial_views, self.cfg.eval.temporal_views)
 
     def train_sets(self) -> list[TrainSet]:
         mc, data = self.model_config(), self.cfg.data
@@ -373,14 +368,11 @@ class EvlRecipe(Recipe):
         return F.cross_entropy(model(batch["video"]).float(), batch["label"])
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        videos = batch["video"]
-        num_videos, num_views = videos.shape[:2]
-        view_logits = model(videos.flatten(0, 1)).view(num_videos, num_views, -1)
         return {
-            "scores": average_views(view_logits),
+            "scores": multiview_scores(model, batch["video"]),
             "label": batch["label"],
             "index": batch["index"],
-            "num_views": torch.full_like(batch["index"], num_views),
+            "num_views": torch.full_like(batch["index"], batch["video"].shape[1]),
         }
 
     @staticmethod
@@ -390,8 +382,7 @@ class EvlRecipe(Recipe):
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         rows = self._in_dataset_order(outputs)
-        result = accuracy(rows["scores"], rows["label"], topk=(1, 5))
-        return {"top1": result["top1"], "top5": result["top5"], "mean_class_acc": result["mean_class"]}
+        return classification_metrics(rows["scores"], rows["label"])
 
     def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
         mc, data = self.model_config(), self.cfg.data

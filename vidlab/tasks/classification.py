@@ -1,10 +1,41 @@
-"""Classification metrics with multi-view testing (spatial crops x temporal clips)."""
+"""Classification with multi-view testing (spatial crops x temporal clips): the one implementation EVL uses and
+VIMPAC (3 crops x N clips) and GDT (3 crops x 10 clips) plug into. A test video arrives as (V, T, C, H, W) clips,
+V = spatial x temporal views (`vidlab.data.datasets.collate_views`); each view is classified, the softmax of
+each is averaged (`multiview_scores`), and top-k / mean-class accuracy are computed on the averages.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Sequence
 
 import torch
+
+from vidlab.errors import ConfigError
+
+SPATIAL_VIEWS = (1, 3)  # centre crop | left, centre, right crops along the long side
+
+
+def check_views(spatial: int, temporal: int, where: str = "eval") -> tuple[int, int]:
+    """(spatial, temporal) view counts, or a ConfigError naming the setting."""
+    if spatial not in SPATIAL_VIEWS:
+        raise ConfigError(f"{where}.spatial_views must be {' or '.join(map(str, SPATIAL_VIEWS))}, got {spatial}")
+    if temporal < 1:
+        raise ConfigError(f"{where}.temporal_views must be >= 1, got {temporal}")
+    return spatial, temporal
+
+
+def multiview_scores(classify: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor) -> torch.Tensor:
+    """(N, V, T, C, H, W) clips -> (N, classes) scores: `classify` every view (one batch of N*V clips), softmax
+    per view, mean over the V views."""
+    num_videos, num_views = clips.shape[:2]
+    return average_views(classify(clips.flatten(0, 1)).view(num_videos, num_views, -1))
+
+
+def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """`top1`, `top5` (capped at the class count) and `mean_class_acc`, in percent."""
+    result = accuracy(scores, labels, topk=(1, min(5, scores.shape[1])))
+    return {"top1": result["top1"], "top5": result[f"top{min(5, scores.shape[1])}"], "mean_class_acc": result["mean_class"]}
 
 
 def average_views(view_logits: torch.Tensor) -> torch.Tensor:
