@@ -5,11 +5,12 @@ escaping every text. Every run report and experiment report goes through it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,20 @@ class Report:
     blocks: Sequence[Block] = field(default_factory=tuple)
 
 
-def render_html(report: Report) -> str:
-    """The page of `report` as one HTML document."""
+@functools.cache
+def _template() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     environment = Environment(
         loader=PackageLoader("vidlab", "templates"), autoescape=select_autoescape(default=True),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    return environment.get_template("report.html.j2").render(report=report)
+    return environment.get_template("report.html.j2")
+
+
+def render_html(report: Report) -> str:
+    """The page of `report` as one HTML document."""
+    return _template().render(report=report)
 
 
 def write_report(report: Report, path: Path) -> Path:

@@ -17,6 +17,12 @@ class BenchError(VidlabError):
     """A benchmark could not run (no input, a measurement process failed or died)."""
 
 
+def current_rss_mib() -> float:
+    """The resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of the largest single process so far: this one or any reaped descendant.
 

@@ -12,9 +12,7 @@ peak count restarts there: Linux's /proc/self/clear_refs).
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vidlab.bench.common import BenchError, format_ratio, markdown_table, run_isolated
+from vidlab.bench.common import BenchError, current_rss_mib, format_ratio, markdown_table, peak_rss_mib, run_isolated
 from vidlab.tasks.retrieval import CaptionIndex, fit_retrieval_metrics
 
 VIDLAB, OFFICIAL = "vidlab", "official (transcription)"
@@ -88,14 +86,13 @@ def _reset_peak() -> bool:
         return False
 
 
-def _memory_mib() -> tuple[float, float]:
-    """(current RSS, peak RSS) in MiB: /proc's VmRSS / VmHWM on Linux, else ru_maxrss for both."""
+def _peak_since_reset_mib() -> float:
+    """Peak RSS since `_reset_peak` (VmHWM), or the process's whole peak where /proc cannot tell."""
     status = Path("/proc/self/status")
     if status.is_file():
         fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        return float(fields["VmRSS"].split()[0]) / 1024, float(fields["VmHWM"].split()[0]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return peak, peak
+        return float(fields["VmHWM"].split()[0]) / 1024
+    return peak_rss_mib()
 
 
 def measure(method: str, size: int, seed: int, chunk_size: int) -> dict[str, Any]:
@@ -103,7 +100,7 @@ def measure(method: str, size: int, seed: int, chunk_size: int) -> dict[str, Any
     torch.set_num_threads(1)  # the transcription is single-threaded numpy: compare like with like
     sims = similarity_matrix(size, seed)
     _reset_peak()
-    before, _ = _memory_mib()
+    before = current_rss_mib()
     start = time.perf_counter()
     if method == VIDLAB:
         metrics = fit_retrieval_metrics(torch.from_numpy(sims), CaptionIndex.consecutive(size, 1), chunk_size=chunk_size)
@@ -112,7 +109,7 @@ def measure(method: str, size: int, seed: int, chunk_size: int) -> dict[str, Any
     else:
         raise BenchError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "extra_mib": max(0.0, _memory_mib()[1] - before), "metrics": metrics}
+    return {"seconds": seconds, "extra_mib": max(0.0, _peak_since_reset_mib() - before), "metrics": metrics}
 
 
 @dataclass

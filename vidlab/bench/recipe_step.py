@@ -34,17 +34,11 @@ class RecipeStepResult:
     peak_mem_mib: float
 
 
-def _to_device(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
 def recipe_step(config: str, overrides: Sequence[str], variant: str, *, stage: int, steps: int, warmup: int,
                 device: str, precision: str) -> RecipeStepResult:
     """Mean seconds of `steps` training steps of stage `stage` of CONFIG + overrides, after `warmup` untimed."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
     from vidlab.engine.config import load_train_config, resolve_stages
     from vidlab.engine.recipe import get_recipe
 
@@ -58,7 +52,7 @@ def recipe_step(config: str, overrides: Sequence[str], variant: str, *, stage: i
         model.set_grad_checkpointing(True)
     model = model.to(device).train()
     train_set = recipe.train_sets()[0]
-    batch = _to_device(train_set.collate([train_set.dataset[i] for i in range(train_set.batch_size)]), device)
+    batch = move_data_to_device(train_set.collate([train_set.dataset[i] for i in range(train_set.batch_size)]), device)
     batch.pop("bad_samples", None)
 
     def loss() -> torch.Tensor:

@@ -34,10 +34,10 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
+from vidlab.errors import ConfigError, VidlabError
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-from vidlab.errors import ConfigError, VidlabError
 
 START_ENV = "VIDLAB_WORKER_START"
 START_METHODS = ("forkserver", "spawn", "fork")

@@ -9,7 +9,7 @@ the weights the previous stage ended with. No stages means one stage, named `tra
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,31 +302,33 @@ def resolve_stages(cfg: DictConfig) -> list[Stage]:
     return stages
 
 
+def _map_strings(value: Any, fn: Callable[[str], Any]) -> Any:
+    """`value` (nested dicts and lists) with `fn` applied to every string in it."""
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
+
+
 def _check_stage_refs(entry: Any, earlier: list[str], where: str) -> None:
     """Every `stage:NAME` value of a stage entry names an earlier stage."""
-    if isinstance(entry, dict):
-        for value in entry.values():
-            _check_stage_refs(value, earlier, where)
-    elif isinstance(entry, list):
-        for value in entry:
-            _check_stage_refs(value, earlier, where)
-    elif isinstance(entry, str) and entry.startswith(STAGE_REF) and entry[len(STAGE_REF) :] not in earlier:
-        raise ConfigError(f"{where}: {entry!r} names no earlier stage (earlier: {', '.join(earlier) or 'none'})")
+
+    def check(value: str) -> str:
+        if value.startswith(STAGE_REF) and value[len(STAGE_REF) :] not in earlier:
+            raise ConfigError(f"{where}: {value!r} names no earlier stage (earlier: {', '.join(earlier) or 'none'})")
+        return value
+
+    _map_strings(entry, check)
 
 
 def resolve_stage_refs(cfg: DictConfig, run_dir: Path, stages: Sequence[Stage], model_dir: str) -> DictConfig:
     """A stage config with each `stage:NAME` value replaced by that stage's model folder in `run_dir`."""
     folders = {s.name: str(run_dir / s.dirname / model_dir) for s in stages}
 
-    def resolve(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [resolve(v) for v in value]
-        if isinstance(value, str) and value.startswith(STAGE_REF) and value[len(STAGE_REF) :] in folders:
-            return folders[value[len(STAGE_REF) :]]
-        return value
+    def resolve(value: str) -> str:
+        return folders.get(value[len(STAGE_REF) :], value) if value.startswith(STAGE_REF) else value
 
     container = OmegaConf.to_container(cfg, resolve=False)
-    resolved = OmegaConf.merge(OmegaConf.structured(config_class(str(cfg.recipe))), resolve(container))
+    resolved = OmegaConf.merge(OmegaConf.structured(config_class(str(cfg.recipe))), _map_strings(container, resolve))
     return resolved  # type: ignore[return-value]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vidlab.bench.common import run_isolated
+from vidlab.bench.common import current_rss_mib, run_isolated
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +77,6 @@ class RunMeter(pl.Callback):
             self.peak_cuda_mib = torch.cuda.max_memory_allocated() / 2**20
 
 
-def _rss_mib() -> float:
-    """The current resident set of this process."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def train_measured(config_file: str, overrides: Sequence[str], torch_threads: int | None = None) -> dict[str, Any]:
     """Train `config_file` with `overrides` in this process; the `RunMeasurement` fields except peak RSS."""
     from omegaconf import OmegaConf
@@ -94,7 +87,7 @@ def train_measured(config_file: str, overrides: Sequence[str], torch_threads: in
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     started = time.perf_counter()
-    start_rss = _rss_mib()
+    start_rss = current_rss_mib()
     cfg = load_train_config(config_file, overrides)
     meter = RunMeter()
     result = train(cfg, callbacks=[meter])

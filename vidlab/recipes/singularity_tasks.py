@@ -226,7 +226,8 @@ class RetrievalTask(SingularityTask):
 
     def __init__(self, recipe: Any, pretrain: bool = False):
         super().__init__(recipe)
-        self.model_task = "pretrain" if pretrain else "retrieval"  # type: ignore[misc]
+        if pretrain:
+            self.model_task = "pretrain"  # type: ignore[misc]
 
     def train_set(self, entry: DictConfig, where: str) -> tuple[Dataset, Collate]:
         records = self.recipe.records(entry, where, captions=True)
@@ -409,10 +410,10 @@ class QATask(SingularityTask):
         ])
 
 
-class MultipleChoiceTask(SingularityTask):
-    """Multiple choice (MSR-VTT MC) with a retrieval model: the option with the highest ITM match logit."""
+class MultipleChoiceTask(RetrievalTask):
+    """Multiple choice (MSR-VTT MC) with a retrieval model, trained as retrieval: the option with the highest ITM
+    match logit."""
 
-    model_task = "retrieval"
     monitor = "val/mc/all_acc"
 
     def eval_set(self, source: DictConfig, where: str, args: dict[str, Any]) -> tuple[list[MediaRecord], Dataset, Collate]:
@@ -421,12 +422,6 @@ class MultipleChoiceTask(SingularityTask):
             raise ConfigError(f"{where}: {source.annotations} is not a multiple-choice file ({{video, caption: [options], answer}})")
         collate = MCEvalCollate(self._tokenize(self.recipe.model_cfg().text.max_length))
         return records, VideoTextDataset(records, caption_mode="all", **args), collate
-
-    def train_set(self, entry: DictConfig, where: str) -> tuple[Dataset, Collate]:
-        return RetrievalTask(self.recipe).train_set(entry, where)  # MC fine-tunes as retrieval does
-
-    def training_loss(self, model: nn.Module, batch: dict[str, Any], gather: Gather) -> Tensor | dict[str, Tensor]:
-        return matching_losses(model, batch, gather)
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         scores = multiple_choice_scores(model, batch["video"], batch["option_ids"], batch["option_mask"], self.cfg.eval.frame_ensemble)
@@ -449,6 +444,9 @@ class MultipleChoiceTask(SingularityTask):
             "  answer: the option whose (video, option) pair has the highest ITM match logit",
             self._frames(),
         ])
+
+    def format_metrics(self, metrics: dict[str, float], split: str) -> str | None:
+        return None
 
 
 def make_task(name: str, recipe: Any) -> SingularityTask:
