@@ -227,7 +227,7 @@ def _with(config: dict, changes: dict) -> dict:
         ({"data.train.annotations": "annotations/missing.txt"}, "data.train.annotations: .*missing.txt: file not found"),
         ({"model.num_classes": 3, "data.class_names": None}, "has label [3-7], but there are 3 classes"),
         ({"model.num_classes": 5}, "8 class names .* but model.num_classes=5"),
-        ({"model.num_frames": 8}, "data.num_frames=4 but model.num_frames=8"),
+        ({"model.num_frames": 8}, "model.num_frames=8 contradicts the recipe"),
         ({"data.transform": {"preset": "evl", "size": 64}}, "data.transform.size=64 but the backbone takes 32x32"),
         ({"eval.spatial_views": 2}, "eval.spatial_views must be 1 or 3"),
         ({"data.train_sampler": "fit_rand"}, "data.train_sampler must be one of evl_train, evl_tsn"),

@@ -316,7 +316,7 @@ def test_an_encoder_only_text_file_initialises_the_mlm_head_and_decoder_towers(c
     ("task", "overrides", "message"),
     [
         ("retrieval", ["task=captioning"], "task must be one of"),
-        ("retrieval", ["model.text.cls_token_id=101"], "cls_token_id=101 but the tokenizer's cls token id is 2"),
+        ("retrieval", ["model.text.cls_token_id=101"], "model.text.cls_token_id=101 contradicts the recipe .the tokenizer's cls token id: 2"),
         ("retrieval", ["model.task=qa"], "contradicts the recipe"),
         ("retrieval", ["data.transform.size=64"], "differs from the model's vision.image_size 32"),
         ("retrieval", ["data.num_frames=4", "eval.frame_ensemble=lse"], r"needs single-frame training \(data.num_frames=1, not 4\)"),

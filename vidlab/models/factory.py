@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
@@ -58,6 +58,9 @@ class ModelFamily:
     adapt_state_dict: Callable[[DictConfig, dict[str, Tensor]], tuple[dict[str, Tensor], list[str]]]
     # regexes of model keys a checkpoint may lack (they keep their init and are listed in the report)
     allowed_missing: Callable[[DictConfig], tuple[str, ...]] | None = None
+    # dotted keys of the sizes a vidlab checkpoint records beside its weights and a model starting from it adopts;
+    # `section.*` is every entry of a section
+    size_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,13 +158,74 @@ def recorded_config(source: str | Path, family: str) -> DictConfig | None:
     return recorded if recorded.get("family") == family else None
 
 
+def recorded_sizes(source: str | Path, family: str) -> dict[str, Any]:
+    """The family's `size_keys` a vidlab checkpoint records beside its weights, as dotted keys; empty for any other
+    file (an official checkpoint's sizes come from the config, or from its own shapes)."""
+    recorded = recorded_config(source, family)
+    if recorded is None:
+        return {}
+    sizes: dict[str, Any] = {}
+    for key in get_family(family).size_keys:
+        if key.endswith(".*"):
+            section = OmegaConf.select(recorded, key[:-2])
+            sizes.update({f"{key[:-2]}.{name}": _plain(value) for name, value in section.items()})
+        elif (value := OmegaConf.select(recorded, key)) is not None:
+            sizes[key] = _plain(value)
+    return sizes
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A model key a recipe sets from elsewhere (the data, the tokenizer, the task): a config that states another
+    value for it is an error naming `reason`."""
+
+    value: Any
+    reason: str
+
+
+def resolve_model_config(
+    section: Mapping[str, Any] | DictConfig,
+    family: str,
+    *,
+    derived: Callable[[DictConfig], Iterable[tuple[str, Mapping[str, Any]]]] | None = None,
+    start: str | None = None,
+    decided: Mapping[str, Decided] | None = None,
+) -> DictConfig:
+    """The typed config of the model a recipe trains, from its `model` section (`base`: a registered name or YAML,
+    the other keys over it), resolved the one way every recipe does it. Precedence, lowest first: the base; the
+    sizes `derived` returns (`(source, dotted sizes)` pairs for the weights or data the requested config refers
+    to, e.g. a text tower's folder); the sizes recorded beside the `start` weights (a vidlab checkpoint); the keys
+    the section states; the `decided` keys (a stated key that contradicts one is an error)."""
+    raw: dict[str, Any] = dict(OmegaConf.to_container(OmegaConf.create(dict(section)), resolve=True))  # type: ignore[arg-type]
+    base = raw.pop("base", None)
+    stated = apply_overrides(OmegaConf.create({}), raw)
+    cfg = apply_overrides(model_config(base), raw) if base else typed_model_config({"family": family, **raw})
+    if cfg.family != family:
+        raise ConfigError(f"model.base {base!r} is a {cfg.family!r} model; this recipe trains {family!r} models")
+    sources = list(derived(cfg)) if derived is not None else []
+    if start:
+        sources.append((start, recorded_sizes(start, family)))
+    for source, sizes in sources:
+        adopt_recorded(cfg, sizes, stated, source)
+    for key, rule in (decided or {}).items():
+        given = OmegaConf.select(stated, key)
+        if given is not None and given != rule.value:
+            raise ConfigError(f"model.{key}={given!r} contradicts the recipe ({rule.reason}: {rule.value!r}); leave it out")
+        OmegaConf.update(cfg, key, rule.value, merge=False)
+    return typed_model_config(cfg)
+
+
 def adopt_recorded(cfg: DictConfig, recorded: Mapping[str, Any], stated: DictConfig, source: str) -> None:
-    """Set the dotted `recorded` entries (the sizes a checkpoint records beside its weights) in `cfg`, except those
-    `stated` (what the user's config says under `model`) gives: a model starts at the sizes of the weights it starts
-    from unless told otherwise. Logs what changed."""
+    """Set the dotted `recorded` entries (e.g. the sizes a checkpoint records beside its weights) in `cfg`, except
+    those `stated` (what the user's config says under `model`) gives: a model starts at the sizes of the weights it
+    starts from unless told otherwise. Logs what changed."""
     adopted = {k: v for k, v in recorded.items() if OmegaConf.select(stated, k) is None and OmegaConf.select(cfg, k) != v}
     if adopted:
-        logger.info("model sizes from %s (recorded beside its weights): %s", source, adopted)
+        logger.info("model sizes from %s: %s", source, adopted)
         for key, value in adopted.items():
             OmegaConf.update(cfg, key, value, merge=False)
 

@@ -350,6 +350,11 @@ register_family(
         config_class=FrozenInTimeConfig,
         build=build_frozen_in_time,
         adapt_state_dict=adapt_fit_state_dict,
+        size_keys=(
+            *(f"video.{key}" for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")),
+            *("video.qkv_bias", "video.layer_norm_eps", "text.arch", "text.pooling", "text.hf_config"),
+            *("projection", "projection_dim"),
+        ),
     )
 )
 register_checkpoint_format("frozen-in-time (official)", is_official_fit_checkpoint, convert_official_fit_checkpoint)

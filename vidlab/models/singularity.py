@@ -598,6 +598,7 @@ register_family(
         config_class=SingularityConfig,
         build=build_singularity,
         adapt_state_dict=adapt_singularity_state_dict,
+        size_keys=("vision.*", *(f"text.{key}" for key in (*BERT_SIZE_KEYS, "num_hidden_layers", "fusion_layer")), "embed_dim"),
         allowed_missing=singularity_allowed_missing,
     )
 )

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 from torch import Tensor, nn
 
 from vidlab.data.datasets import VideoTextDataset, collate_samples
@@ -47,12 +47,7 @@ from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
 from vidlab.models.clip import ResidualAttentionBlock
-from vidlab.models.factory import (
-    apply_overrides,
-    create_model_with_report,
-    model_config,
-    typed_model_config,
-)
+from vidlab.models.factory import Decided, create_model_with_report, resolve_model_config
 from vidlab.models.text import load_tokenizer
 from vidlab.tasks.classification import accuracy
 from vidlab.tasks.retrieval import CaptionIndex, fit_retrieval_metrics
@@ -129,9 +124,14 @@ class ClipTokenizer:
         self.start_id = len(tokenizer)
         self.end_id = len(tokenizer) + 1
 
+    @staticmethod
+    def vocab_size_of(tokenizer: Any) -> int:
+        """The wrapped tokenizer's vocabulary and the start and end markers."""
+        return len(tokenizer) + 2
+
     @property
     def vocab_size(self) -> int:
-        return len(self.tokenizer) + 2
+        return self.vocab_size_of(self.tokenizer)
 
     def __call__(self, texts: Sequence[str]) -> Tensor:
         """(N, L) int64 token ids, L = the longest text's length (at most `context_length`)."""
@@ -230,16 +230,11 @@ class ClipRecipe(Recipe):
     # -- model ------------------------------------------------------------------------------------------
 
     def model_config(self) -> DictConfig:
-        """`model.base` with the other `model` keys over it; the text vocabulary is always the tokenizer's
-        (`ClipTokenizer.vocab_size`), whatever `model.text.vocab_size` says."""
-        raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
-        base = raw.pop("base", None)  # type: ignore[union-attr]
-        mc = apply_overrides(model_config(base), raw) if base else typed_model_config({"family": "clip", **raw})  # type: ignore[arg-type, dict-item]
-        if mc.family != "clip":
-            raise ConfigError(f"the clip recipe trains a CLIP model, model.base is a {mc.family!r} model")
+        """The typed model config (`resolve_model_config`); the text vocabulary is the tokenizer's."""
+        vocab = Decided(ClipTokenizer.vocab_size_of(self.text_tokenizer), "the vocabulary of text.tokenizer and CLIP's two markers")
+        mc = resolve_model_config(self.cfg.model, "clip", decided={"text.vocab_size": vocab})
         self._tokenizer = ClipTokenizer(self.text_tokenizer, int(mc.text.context_length))
-        mc.text.vocab_size = self._tokenizer.vocab_size
-        return typed_model_config(mc)
+        return mc
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
         created = create_model_with_report(self.model_config(), checkpoint=init_from)

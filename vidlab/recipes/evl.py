@@ -49,13 +49,7 @@ from vidlab.io.sampling import make_sampler
 from vidlab.models.clip import ResidualAttentionBlock
 from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.models.evl import FAMILY, EVLDecoderLayer
-from vidlab.models.factory import (
-    adopt_recorded,
-    apply_overrides,
-    create_model_with_report,
-    model_config,
-    typed_model_config,
-)
+from vidlab.models.factory import Decided, create_model_with_report, resolve_model_config
 from vidlab.report import Figure, Paragraph, Preformatted, Report, Section, Table, write_report
 from vidlab.tasks.classification import check_views, classification_metrics, confusion_matrix, multiview_scores
 
@@ -185,38 +179,31 @@ class EvlRecipe(Recipe):
 
     # -- model ------------------------------------------------------------------------------------------
 
-    def _architecture(self) -> tuple[DictConfig, Any]:
-        """(model config with `data.num_frames` applied, the `model.num_classes` setting)."""
-        raw: dict[str, Any] = dict(OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True))  # type: ignore[arg-type]
-        base = raw.pop("base", None)
-        num_classes = raw.pop("num_classes", "auto")
-        mc = apply_overrides(model_config(base), raw) if base else typed_model_config({"family": FAMILY, **raw})
-        if mc.family != FAMILY:
-            raise ConfigError(f"model.base {base!r} is a {mc.family!r} model; the evl recipe trains EVL models")
-        if mc.backbone.weights:  # a vidlab CLIP run's model folder: the backbone takes the sizes it records
-            recorded = {f"backbone.{k}": v for k, v in recorded_vision_sizes(mc.backbone.weights).items()}
-            adopt_recorded(mc, recorded, OmegaConf.create(raw), mc.backbone.weights)
-        frames = self.cfg.data.num_frames
-        if frames is not None:
-            if "num_frames" in raw and raw["num_frames"] != frames:
-                raise ConfigError(
-                    f"data.num_frames={frames} but model.num_frames={raw['num_frames']}: "
-                    "the temporal modules are built for one frame count (set one of them)"
-                )
-            mc.num_frames = frames
-        return mc, num_classes
-
     def model_config(self) -> DictConfig:
-        """The typed EVL config; `num_classes` resolved from the data when `auto`."""
-        if self._model_cfg is None:
-            mc, num_classes = self._architecture()
-            if num_classes in (None, "auto"):
-                num_classes = self._data_num_classes(mc)
+        """The typed EVL config (`resolve_model_config`): the backbone takes the sizes a vidlab CLIP run records
+        beside `backbone.weights`, `num_frames` is `data.num_frames` when set, `num_classes: auto` counts the data's."""
+        if self._model_cfg is not None:
+            return self._model_cfg
+        section: dict[str, Any] = dict(OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True))  # type: ignore[arg-type]
+        num_classes = section.pop("num_classes", "auto")
+        if num_classes not in (None, "auto"):
             if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
                 raise ConfigError(f"model.num_classes must be a positive integer or 'auto', got {num_classes!r}")
-            mc.num_classes = num_classes
-            self._model_cfg = typed_model_config(mc)
-            self._check_labels(num_classes)
+            section["num_classes"] = num_classes
+
+        def derived(requested: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+            sizes = []
+            if requested.backbone.weights:
+                vision = recorded_vision_sizes(requested.backbone.weights)
+                sizes.append((str(requested.backbone.weights), {f"backbone.{k}": v for k, v in vision.items()}))
+            if "num_classes" not in section and not self.cfg.data.dummy:
+                sizes.append(("the data's classes", {"num_classes": self._data_num_classes()}))
+            return sizes
+
+        frames = self.cfg.data.num_frames
+        decided = {"num_frames": Decided(frames, "the temporal modules are built for data.num_frames")} if frames is not None else {}
+        self._model_cfg = resolve_model_config(section, FAMILY, derived=derived, decided=decided)
+        self._check_labels(int(self._model_cfg.num_classes))
         return self._model_cfg
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
@@ -228,11 +215,8 @@ class EvlRecipe(Recipe):
 
     # -- classes ----------------------------------------------------------------------------------------
 
-    def _data_num_classes(self, mc: DictConfig) -> int:
-        """`auto`: the class-name count, else the largest label of the configured splits + 1 (synthetic data:
-        the model config's)."""
-        if self.cfg.data.dummy:
-            return int(mc.num_classes)
+    def _data_num_classes(self) -> int:
+        """`auto`: the class-name count, else the largest label of the configured splits + 1."""
         names = self.class_names()
         if names is not None:
             return len(names)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 from torch import Tensor, nn
 
 from vidlab.data.datasets import VideoTextDataset, collate_samples
@@ -39,14 +39,7 @@ from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.losses.contrastive import cosine_similarity_matrix, norm_softmax_loss
-from vidlab.models.factory import (
-    adopt_recorded,
-    apply_overrides,
-    create_model_with_report,
-    model_config,
-    recorded_config,
-    typed_model_config,
-)
+from vidlab.models.factory import Decided, create_model_with_report, resolve_model_config
 from vidlab.models.fit import FAMILY
 from vidlab.models.space_time import SpaceTimeBlock
 from vidlab.models.text import FIT_POOLING, load_text_weights, load_tokenizer, resolve_model_folder, text_tower_config
@@ -102,24 +95,6 @@ class FitTrainConfig(TrainConfig):
     text: FitTextConfig = field(default_factory=FitTextConfig)
     loss: FitLossConfig = field(default_factory=FitLossConfig)
     eval: FitEvalConfig = field(default_factory=FitEvalConfig)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Text: sizes a vidlab checkpoint records
-
-
-def recorded_sizes(source: str) -> dict[str, Any]:
-    """The tower sizes a vidlab Frozen in Time checkpoint records beside its weights (`config.yaml`), as dotted `model`
-    keys; empty for any other file (an official checkpoint's sizes come from the config, or its own shapes)."""
-    recorded = recorded_config(source, FAMILY)
-    if recorded is None:
-        return {}
-    video = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "layer_norm_eps")
-    sizes = {f"video.{key}": recorded.video[key] for key in video}
-    sizes.update({f"text.{key}": recorded.text[key] for key in ("arch", "pooling")})
-    sizes["text.hf_config"] = OmegaConf.to_container(recorded.text.hf_config)
-    sizes.update({key: recorded[key] for key in ("projection", "projection_dim")})
-    return sizes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,28 +177,24 @@ class FitRecipe(Recipe):
     # -- model ------------------------------------------------------------------------------------------
 
     def model_config(self, init_from: str | Path | Mapping[str, Tensor] | None = None) -> DictConfig:
-        """The typed model config: `model.base` (a registered name or YAML), the text tower of `text.weights`
-        when set, the sizes recorded beside the weights the model starts from (`start_weights`: a vidlab folder
-        records them), then the other `model` keys over all."""
-        raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
-        base = raw.pop("base", None)  # type: ignore[union-attr]
-        mc = model_config(base) if base else typed_model_config(raw)  # type: ignore[arg-type]
-        if self.cfg.text.weights:
-            arch, hf = text_tower_config(resolve_model_folder(self.cfg.text.weights, "text.weights"))
-            mc.text.arch, mc.text.hf_config = arch, hf
-            mc.text.pooling = FIT_POOLING[arch]
-        start = self.start_weights(init_from)
-        if start:
-            adopt_recorded(mc, recorded_sizes(start), OmegaConf.create(raw), start)
-        if base:
-            mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
-        if self.cfg.text.pooling:
-            mc.text.pooling = self.cfg.text.pooling
+        """The typed model config (`resolve_model_config`): the text tower's sizes come from `text.weights` when set,
+        the pooling from `text.pooling` when set."""
+        text = self.cfg.text
+
+        def text_tower(requested: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+            if not text.weights:
+                return []
+            folder = resolve_model_folder(text.weights, "text.weights")
+            arch, hf_config = text_tower_config(folder)
+            return [(str(folder), {"text.arch": arch, "text.hf_config": hf_config, "text.pooling": FIT_POOLING[arch]})]
+
+        decided = {"text.pooling": Decided(text.pooling, "text.pooling sets it")} if text.pooling else {}
+        mc = resolve_model_config(self.cfg.model, FAMILY, derived=text_tower, start=self.start_weights(init_from), decided=decided)
         if self.cfg.data.num_frames > mc.video.num_frames:
             raise ConfigError(
                 f"data.num_frames={self.cfg.data.num_frames} is more than the model's video.num_frames={mc.video.num_frames}"
             )
-        return typed_model_config(mc)
+        return mc
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
         mc = self.model_config(init_from)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 from torch import Tensor, nn
 
 from vidlab.data.formats import MediaRecord
@@ -57,14 +57,7 @@ from vidlab.engine.data import TrainSet
 from vidlab.engine.recipe import EvalContext, EvalSet, Gather, Recipe, register_recipe
 from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
-from vidlab.models.factory import (
-    adopt_recorded,
-    apply_overrides,
-    create_model_with_report,
-    model_config,
-    recorded_config,
-    typed_model_config,
-)
+from vidlab.models.factory import Decided, create_model_with_report, resolve_model_config
 from vidlab.models.singularity import BERT_SIZE_KEYS, FAMILY
 from vidlab.models.singularity_weights import hub_vision_sizes
 from vidlab.models.text import load_tokenizer, resolve_model_folder, text_tower_config
@@ -151,26 +144,6 @@ def image_tower_sizes(weights: str) -> dict[str, Any]:
     return sizes
 
 
-def recorded_sizes(source: str) -> dict[str, Any]:
-    """The tower sizes and embedding width a vidlab Singularity checkpoint records beside its weights (`config.yaml`),
-    as dotted `model` keys; empty for any other file (an official `.pth` records none: the config states them)."""
-    recorded = recorded_config(source, FAMILY)
-    if recorded is None:
-        return {}
-    sizes = {f"vision.{key}": value for key, value in recorded.vision.items()}
-    sizes.update({f"text.{key}": recorded.text[key] for key in (*BERT_SIZE_KEYS, "num_hidden_layers", "fusion_layer")})
-    sizes["embed_dim"] = recorded.embed_dim
-    return sizes
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Records and datasets
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Metrics
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The recipe
 
@@ -207,46 +180,39 @@ class SingularityRecipe(Recipe):
         return self._tokenizer
 
     def model_config(self, with_text_weights: bool = True, init_from: str | Path | Mapping[str, Tensor] | None = None) -> DictConfig:
-        """The typed model config: `model.base`; the BERT sizes of `text.weights`, the BEiT/ViT sizes of
-        `model.init.vision_weights` and those recorded beside the weights the model starts from (`start_weights`:
-        a vidlab folder records them); the `model` keys the config states; then what the recipe decides: task,
-        training frames, evaluation settings, special token ids."""
-        raw = OmegaConf.to_container(OmegaConf.create(dict(self.cfg.model)), resolve=True)
-        base = raw.pop("base", None)  # type: ignore[union-attr]
-        explicit = apply_overrides(OmegaConf.create({}), raw)  # type: ignore[arg-type]
-        mc = model_config(base) if base else typed_model_config({"family": FAMILY, **raw})  # type: ignore[dict-item]
-        if mc.family != FAMILY:
-            raise ConfigError(f"model.base {base!r} is a {mc.family!r} model, not a singularity one")
+        """The typed model config (`resolve_model_config`): the BERT sizes of `text.weights`, the BEiT/ViT sizes of
+        `model.init.vision_weights`; the recipe decides the task, the training frames, the evaluation settings and
+        the special token ids."""
         weights = resolve_model_folder(self.cfg.text.weights, "text.weights") if self.cfg.text.weights else None
-        if weights is not None:
-            mc.text.update(bert_sizes(weights))
-        vision_weights = OmegaConf.select(explicit, "init.vision_weights") or mc.init.vision_weights
-        if vision_weights:
-            mc.vision.update(image_tower_sizes(vision_weights))
-        start = self.start_weights(init_from)
-        if start:
-            adopt_recorded(mc, recorded_sizes(start), explicit, start)
-        mc = apply_overrides(mc, raw)  # type: ignore[arg-type]
+
+        def tower_sizes(requested: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+            sizes = []
+            if weights is not None:
+                sizes.append((str(weights), {f"text.{k}": v for k, v in bert_sizes(weights).items()}))
+            if requested.init.vision_weights:
+                vision = image_tower_sizes(requested.init.vision_weights)
+                sizes.append((str(requested.init.vision_weights), {f"vision.{k}": v for k, v in vision.items()}))
+            return sizes
+
         data, evaluation = self.cfg.data, self.cfg.eval
-        expected_task = self.task.model_task
-        for key, wanted, reason in (
-            ("task", expected_task, f"recipe task {self.cfg.task!r} trains a {expected_task!r} model"),
-            ("num_frames", data.num_frames, "the model's frame slots follow data.num_frames"),
-        ):
-            given = OmegaConf.select(explicit, key)
-            if given is not None and given != wanted:
-                raise ConfigError(f"model.{key}={given!r} contradicts the recipe ({reason}: {wanted!r}); leave it out")
-        mc.task, mc.num_frames = expected_task, data.num_frames
-        mc.eval.num_frames_test, mc.eval.frame_ensemble = data.num_frames_test, evaluation.frame_ensemble
-        mc.eval.k_test, mc.eval.offload = evaluation.k_test, evaluation.offload
+        decided = {
+            "task": Decided(self.task.model_task, f"recipe task {self.cfg.task!r} trains a {self.task.model_task!r} model"),
+            "num_frames": Decided(data.num_frames, "the model's frame slots follow data.num_frames"),
+            "eval.num_frames_test": Decided(data.num_frames_test, "data.num_frames_test sets it"),
+            "eval.frame_ensemble": Decided(evaluation.frame_ensemble, "eval.frame_ensemble sets it"),
+            "eval.k_test": Decided(evaluation.k_test, "eval.k_test sets it"),
+            "eval.offload": Decided(evaluation.offload, "eval.offload sets it"),
+        }
         for special in SPECIAL_TOKENS:
             token_id = getattr(self.tokenizer, f"{special}_token_id")
-            given = OmegaConf.select(explicit, f"text.{special}_token_id")
             if token_id is None:
                 raise ConfigError(f"text.tokenizer has no {special} token; Singularity needs [PAD], [CLS], [SEP] and [MASK]")
-            if given is not None and given != token_id:
-                raise ConfigError(f"model.text.{special}_token_id={given} but the tokenizer's {special} token id is {token_id}")
-            mc.text[f"{special}_token_id"] = token_id
+            decided[f"text.{special}_token_id"] = Decided(token_id, f"the tokenizer's {special} token id")
+        if weights is not None and with_text_weights:
+            decided["init.text_weights"] = Decided(str(weights), "text.weights sets it")
+        mc = resolve_model_config(
+            self.cfg.model, FAMILY, derived=tower_sizes, start=self.start_weights(init_from), decided=decided
+        )
         if len(self.tokenizer) > mc.text.vocab_size:
             raise ConfigError(f"text.tokenizer has {len(self.tokenizer)} tokens but model.text.vocab_size is {mc.text.vocab_size}")
         if not 0 <= mc.text.fusion_layer < mc.text.num_hidden_layers:
@@ -257,9 +223,7 @@ class SingularityRecipe(Recipe):
         size = resolve_transform_config(data.transform).size
         if size != mc.vision.image_size:
             raise ConfigError(f"data.transform size {size} differs from the model's vision.image_size {mc.vision.image_size}")
-        if weights is not None and with_text_weights:
-            mc.init.text_weights = str(weights)
-        return typed_model_config(mc)
+        return mc
 
     def build_model(self, init_from: str | Path | Mapping[str, Tensor] | None) -> tuple[nn.Module, DictConfig]:
         model_cfg = self.model_config(with_text_weights=init_from is None, init_from=init_from)
