@@ -16,8 +16,3 @@ def test_a_config_and_its_variants_are_timed_side_by_side(tmp_path, capsys):
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
     assert [r[1].strip() for r in rows] == ["config", "model.video.num_frames=2 data.num_frames=2"]
     assert all(r[2].strip() == "fit" and r[5].strip() == "4" and float(r[8]) > 0 and float(r[10]) > 0 for r in rows)
-
-
-def test_a_family_name_still_runs_its_own_benchmark(capsys):
-    assert main(["bench", "model", "fit", "--model", "no-such-model", "--grad-checkpointing", "off"]) == 2
-    assert "no-such-model" in capsys.readouterr().err

@@ -23,8 +23,8 @@ def test_at_least_parses_counts_and_rejects_smaller_or_non_integers():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bench", "model", "singularity", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
-        (["bench", "model", "fit", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+        (["bench", "rerank", "--videos", "0"], "argument --videos: must be >= 1, got 0"),
+        (["bench", "model", "unused.yaml", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
         (["data", "synth", "--out", "unused", "--count", "x"], "argument --count: invalid integer >= 1 value: 'x'"),
         (["experiment", "singularity-direction", "unused", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
     ],

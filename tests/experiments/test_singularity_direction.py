@@ -128,7 +128,7 @@ def test_the_template_readout_trains_all_but_the_tower_on_its_own_matching_losse
         logits = readout(tokens)
         assert logits.shape == (6, 3)
         for clip in range(3):  # each (clip, caption) logit is the model's ITM score of that pair alone
-            alone = model.itm_logits(model.encode_text(captions[1:2], (captions[1:2] != 0).long()).states,
+            alone = model.itm_logits(model.text_features(captions[1:2], (captions[1:2] != 0).long()).states,
                                      (captions[1:2] != 0).long(),
                                      model.add_time(VideoFeatures(tokens[clip : clip + 1], None)).memory)[0, 1]
             torch.testing.assert_close(logits[clip, 1], alone)

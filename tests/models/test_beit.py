@@ -81,14 +81,14 @@ def test_singularity_with_a_conv_stem_round_trips_strictly_with_its_batchnorm_st
     with (
         torch.no_grad()
     ):  # move the BatchNorm running statistics off their initial values
-        model.encode_frames(torch.randn(2, 1, 3, 32, 32) * 3 + 1)
+        model.frame_features(torch.randn(2, 1, 3, 32, 32) * 3 + 1)
     model.eval()
     folder = save_vidlab_checkpoint(model, model.cfg, tmp_path / "conv_stem")
     reloaded = create_model_with_report(checkpoint=folder)
     assert reloaded.report.ok and not reloaded.report.ignored
     video = torch.randn(2, 1, 3, 32, 32)
     torch.testing.assert_close(
-        reloaded.model.encode_frames(video).tokens, model.encode_frames(video).tokens
+        reloaded.model.frame_features(video).tokens, model.frame_features(video).tokens
     )
     stats = "vision_encoder.embeddings.patch_embeddings.stem.1.running_mean"
     assert not torch.equal(

@@ -71,8 +71,8 @@ def save_official(path: Path, case: dict, state: dict | None = None, omegaconf: 
 def itm_logits(model, tensors) -> torch.Tensor:
     video, ids, mask = tensors["input.video"], tensors["input.text_input_ids"], tensors["input.text_attention_mask"]
     with torch.no_grad():
-        memory = model.encode_video(video).memory
-        text = model.encode_text(ids, mask)
+        memory = model.video_features(video).memory
+        text = model.text_features(ids, mask)
         num_videos, num_texts = video.shape[0], ids.shape[0]
         logits = model.itm_logits(
             text.states.repeat(num_videos, 1, 1),
@@ -261,7 +261,7 @@ def test_resolution_change_interpolates_every_relative_position_bias_table(retri
         # the zero offset sits at the centre of both grids and is a sample point of the spline
         torch.testing.assert_close(new[(11 * 11) // 2], old[(7 * 7) // 2], atol=1e-5, rtol=0)
     video = torch.randn(1, 2, 3, 48, 48)
-    assert created.model.encode_video(video).memory.shape == (1, 2 * 37, 64)
+    assert created.model.video_features(video).memory.shape == (1, 2 * 37, 64)
 
 
 def test_legacy_relative_position_index_matches_the_official_buffer(retrieval_case):

@@ -98,7 +98,7 @@ def test_qa_loss_is_the_weighted_answer_nll_over_the_questions():
     with torch.no_grad():
         loss = qa_loss(model, batch)
         states = model.question_states(
-            model.encode_video(batch["video"]).memory, batch["question_ids"], batch["question_mask"]
+            model.video_features(batch["video"]).memory, batch["question_ids"], batch["question_mask"]
         )
         nll = torch.stack(
             [
@@ -133,9 +133,9 @@ def test_per_frame_ensembles_need_a_single_frame_model():
 def test_bad_video_input_is_a_typed_error():
     model = tiny().eval()
     with pytest.raises(ModelInputError, match=r"\(B, T, C, H, W\)"):
-        model.encode_video(torch.randn(2, 3, 32, 32))
+        model.video_features(torch.randn(2, 3, 32, 32))
     with pytest.raises(ModelInputError, match="32x32"):
-        model.encode_video(torch.randn(1, 2, 3, 48, 48))
+        model.video_features(torch.randn(1, 2, 3, 48, 48))
 
 
 def test_unknown_task_is_a_config_error():
@@ -202,7 +202,7 @@ def test_vit_layout_pools_the_cls_token_and_resizes_its_position_embeddings():
     assert "vision_encoder.encoder.layer.0.attention.attention.key.bias" in state  # ViT keys have a bias
     assert not any(k.endswith(("lambda_1", "relative_position_bias_table")) for k in state)
     with torch.no_grad():
-        features = model.encode_video(torch.randn(2, 2, 3, 32, 32))
+        features = model.video_features(torch.randn(2, 2, 3, 32, 32))
     torch.testing.assert_close(features.pooled, features.tokens[:, :, 0])
     created = create_model_with_report(apply_overrides(model.cfg, {"vision.image_size": 48}), checkpoint=state)
     assert created.report.ok

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from vidlab.data.formats import MediaRecord
 from vidlab.engine.config import load_train_config
-from vidlab.engine.recipe import EvalContext
+from vidlab.engine.recipe import EvalContext, in_dataset_order
 from vidlab.engine.runner import train
 from vidlab.errors import ConfigError
 from vidlab.models import create_model
@@ -195,14 +195,16 @@ def test_eval_metrics_score_zero_shot_and_retrieval(shapes_root, text_folder, tm
         "zero_shot/shape": F.one_hot(torch.tensor([3, 3, 3, 3]), 6).float(),
         # two captions of frame 0 (one matches it), one of frame 1 (matches frame 2 better)
         "text_embeds": torch.stack([frames[0], frames[3], frames[2]]),
-        "text_owner": torch.tensor([0, 0, 1]),
+        "text_video_index": torch.tensor([0, 0, 1]),
+        "text_slot": torch.tensor([0, 1, 0]),
     }
+    outputs = in_dataset_order(outputs)
     metrics = recipe.eval_metrics(outputs, EvalContext("test"))
     assert metrics["zero_shot_appearance_top1"] == pytest.approx(200 / 3)
     assert metrics["zero_shot_shape_top1"] == 100.0
     assert metrics["t2i_R1"] == pytest.approx(100 / 3)  # caption 0 finds frame 0; the others do not
     assert metrics["i2t_R1"] == pytest.approx(50.0)  # frame 0's best caption is first; frame 1's is not
-    assert "frames: 2 images and the middle frame of 2 videos" in recipe.describe_eval(outputs, "test")
+    assert "frames: 2 images and the middle frame of 2 videos" in recipe.describe_eval(outputs, EvalContext("test"))
 
 
 def test_eval_set_labels_frames_from_the_metadata(shapes_root, text_folder, tmp_path):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from vidlab.cli.main import main
 from vidlab.engine.config import load_train_config
-from vidlab.engine.recipe import EvalContext, get_recipe
+from vidlab.engine.recipe import EvalContext, get_recipe, in_dataset_order
 from vidlab.engine.runner import evaluate, train
 from vidlab.errors import ConfigError
 from vidlab.recipes.evl import EvlRecipe
@@ -150,7 +150,7 @@ def test_metrics_match_a_hand_computation(tmp_path):
     labels = torch.tensor([0, 0, 1, 2, 2])
     order = torch.tensor([3, 0, 4, 1, 2])
     outputs = {"scores": scores[order], "label": labels[order], "index": order, "num_views": torch.full((5,), 3)}
-    metrics = recipe.eval_metrics(outputs, EvalContext("test"))
+    metrics = recipe.eval_metrics(in_dataset_order(outputs), EvalContext("test"))
     assert metrics == pytest.approx({"top1": 60.0, "top5": 100.0, "mean_class_acc": 100 * (0.5 + 1 + 0.5) / 3})
     # 6 classes: top-5 misses a label ranked last
     scores6 = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05], [0.05, 0.1, 0.15, 0.2, 0.25, 0.25]])

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from vidlab.engine.config import load_train_config, resolve_stages
-from vidlab.engine.recipe import EvalContext
+from vidlab.engine.recipe import EvalContext, in_dataset_order
 from vidlab.errors import ConfigError
 from vidlab.models.text import resolve_model_folder
 from vidlab.recipes.fit import (
@@ -95,12 +95,13 @@ def test_eval_metrics_count_each_caption_once_and_split_the_temporal_subset(shap
         "text_slot": torch.tensor([0, 1, 0, 0, 0]),
         "text_temporal": torch.tensor([False, True, True, False, True]),
     }
+    outputs = in_dataset_order(outputs)
     metrics = recipe.eval_metrics(outputs, EvalContext("test"))
     assert metrics["all/t2v_R1"] == pytest.approx(300 / 4)  # caption 1 of video 0 points at video 1
     assert metrics["temporal/t2v_R1"] == pytest.approx(100 / 2)
     # v2t on the subset: videos 0 and 1 query the 2 temporal captions, each finds its own first
     assert metrics["temporal/v2t_R1"] == pytest.approx(100) and metrics["temporal/v2t_MeanR"] == pytest.approx(1)
-    assert "4 captions of the 3 videos" in recipe.describe_eval(outputs, "test")
+    assert "4 captions of the 3 videos" in recipe.describe_eval(outputs, EvalContext("test"))
 
 
 def test_shipped_configs_load_with_their_stages():

@@ -14,7 +14,7 @@ from _singularity_setup import make_text_folder, tiny_config
 
 from vidlab.data.formats import read_annotations
 from vidlab.engine.config import load_train_config
-from vidlab.engine.recipe import get_recipe
+from vidlab.engine.recipe import get_recipe, in_dataset_order
 from vidlab.engine.runner import evaluate
 from vidlab.errors import AnnotationError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
@@ -52,13 +52,13 @@ def test_invert_ground_truth_lists_the_queries_of_each_candidate():
 
 def test_identical_captions_become_one_text_with_all_their_videos():
     # videos arrive out of dataset order; dataset videos 0-2 say caption A, 3-5 caption B; only row of video 4 is temporal
-    outputs = _outputs([3, 0, 5, 1, 4, 2], [4, 1, 0, 3, 5, 2], [True, False, False, False, False, False])
+    outputs = in_dataset_order(_outputs([3, 0, 5, 1, 4, 2], [4, 1, 0, 3, 5, 2], [True, False, False, False, False, False]))
     keys = ["A" if owner < 3 else "B" for owner in outputs["text_video_index"].tolist()]
 
     grouped = RetrievalTables.from_outputs(outputs, keys)
     assert grouped.text_videos.tolist() == [[0, 1, 2], [3, 4, 5]]  # texts in dataset order, videos by dataset index
     assert grouped.temporal.tolist() == [False, True]  # B is temporal through one of its rows
-    # each text keeps the state of its first row in dataset order: A of video 0 (output row 2), B of video 3 (row 3)
+    # each text keeps the state of its first row in dataset order: A of video 0 (gathered row 2), B of video 3 (row 3)
     assert grouped.text_states[:, 0, 0].tolist() == [2.0, 3.0]
 
     plain = RetrievalTables.from_outputs(outputs)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from vidlab.data.mixing import loader_schedule
 from vidlab.engine.config import load_train_config
 from vidlab.engine.data import eval_loader
-from vidlab.engine.recipe import EvalContext, get_recipe
+from vidlab.engine.recipe import EvalContext, get_recipe, in_dataset_order
 from vidlab.engine.runner import evaluate, train
 from vidlab.errors import ConfigError
 from vidlab.models.checkpoint import save_vidlab_checkpoint
@@ -96,7 +96,7 @@ def _eval_outputs(recipe, model) -> dict[str, torch.Tensor]:
         for batch in eval_loader(eval_set.dataset, eval_set.batch_size, eval_set.collate):
             for key, value in recipe.eval_step(model, batch).items():
                 rows.setdefault(key, []).append(value)
-    return {k: torch.cat(v) for k, v in rows.items()}
+    return in_dataset_order({k: torch.cat(v) for k, v in rows.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,7 +174,6 @@ def test_reranking_follows_the_itm_head_within_the_top_k(retrieval_run, config_p
     assert oracle["itc/all/t2v_R1"] < 100.0
 
     top1 = get_recipe(load_train_config(result.run_dir / "config.yaml", ["eval.k_test=1"]))
-    top1.eval_set("test")
     limited = top1.eval_metrics(outputs, EvalContext("test", model))
     assert limited["itm/all/t2v_R1"] == limited["itc/all/t2v_R1"]
 
@@ -187,7 +186,7 @@ def test_per_frame_ensembles_score_each_test_frame(retrieval_run):
     assert outputs["video_memory"].shape[1] == 4 and outputs["video_memory"].device.type == "cpu"  # one clip per test frame
     metrics = recipe.eval_metrics(outputs, EvalContext("test", model))
     assert {"itm/all/t2v_R1", "itc/temporal/v2t_R5"} <= set(metrics)
-    assert "frame ensemble 'max'" in recipe.describe_eval(outputs, "test")
+    assert "frame ensemble 'max'" in recipe.describe_eval(outputs, EvalContext("test"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,8 +250,8 @@ def test_multiple_choice_picks_the_option_with_the_highest_itm_score(retrieval_r
         for i in range(len(dataset)):
             sample = dataset[i]
             tokens = recipe.tokenizer([clean_text(o) for o in sample["caption"]], padding=True, return_tensors="pt")
-            text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            memory = model.encode_video(sample["video"][None]).memory.expand(len(sample["caption"]), -1, -1)
+            text = model.text_features(tokens["input_ids"], tokens["attention_mask"])
+            memory = model.video_features(sample["video"][None]).memory.expand(len(sample["caption"]), -1, -1)
             scores = model.itm_logits(text.states, text.mask, memory)[:, 1]
             correct.append(int(scores.argmax()) == sample["label"])
             temporal.append(bool(sample["temporal"]))
@@ -346,7 +345,7 @@ def test_shapes_configs_use_minilm_for_text_and_fusion(caplog):
     # MiniLM is a mean-pooled sentence encoder: ITC reads the mean of the caption's text-layer states
     tokens = recipe.tokenizer(["a red circle moves left", "a blue box"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        text = model.text_features(tokens["input_ids"], tokens["attention_mask"])
     short = int(tokens["attention_mask"][1].sum())
     torch.testing.assert_close(text.pooled[1], text.states[1, :short].mean(0))
     for name in ("shapes_qa.yaml", "shapes_mc.yaml", "shapes_tiny.yaml"):

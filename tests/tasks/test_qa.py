@@ -94,8 +94,8 @@ def test_multiple_choice_picks_the_option_with_the_highest_itm_logit():
     scores = multiple_choice_scores(model, video, options, mask, ensemble="max")
     assert scores.shape == (2, 5)
     with torch.no_grad():
-        frames = model.encode_frames(video[1:2])
-        text = model.encode_text(options[1, 3:4], mask[1, 3:4])
+        frames = model.frame_features(video[1:2])
+        text = model.text_features(options[1, 3:4], mask[1, 3:4])
         per_frame = [model.itm_logits(text.states, text.mask, frames.tokens[:, f])[0, 1] for f in range(3)]
     torch.testing.assert_close(scores[1, 3], torch.stack(per_frame).max(), atol=1e-5, rtol=1e-4)
     assert multiple_choice_accuracy(scores, scores.argmax(1)) == 100.0

@@ -84,8 +84,8 @@ def test_evaluate_retrieval_on_a_tiny_model_reports_itm_and_itc_with_the_protoco
     # the re-ranked entries are the model's ITM logits of those pairs
     v, t = 0, int(result.scores.v2t_itm[0].argmax())
     with torch.no_grad():
-        text = model.encode_text(ids[t : t + 1], mask[t : t + 1])
-        logit = model.itm_logits(text.states, text.mask, model.encode_video(videos[0][:1]).memory)[0, 1]
+        text = model.text_features(ids[t : t + 1], mask[t : t + 1])
+        logit = model.itm_logits(text.states, text.mask, model.video_features(videos[0][:1]).memory)[0, 1]
     torch.testing.assert_close(result.scores.v2t_itm[v, t], logit, atol=1e-5, rtol=1e-4)
 
 

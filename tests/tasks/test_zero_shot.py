@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vidlab.errors import ConfigError
 from vidlab.models import create_model
 from vidlab.models.errors import ModelInputError
-from vidlab.tasks.zero_shot import ZeroShotClassifier, class_embeddings, video_embeddings
+from vidlab.tasks.zero_shot import ZeroShotClassifier, class_embeddings
 
 START, END, LENGTH = 998, 999, 12  # clip-tiny's vocabulary has 1000 ids; end-of-text is the highest
 
@@ -52,7 +52,7 @@ def test_classifier_scores_images_and_videos_by_scaled_cosine(clip):
         video = torch.randn(2, 4, 3, 32, 32)
         frames = F.normalize(clip.encode_image(video.flatten(0, 1)), dim=-1).view(2, 4, -1)
         video_expected = F.normalize(frames.mean(1), dim=-1)
-        video_got = video_embeddings(clip, video)
+        video_got = clip.encode_video(video, normalize=True)
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(still_video, logits, atol=1e-4, rtol=1e-4)  # a still video scores as its frame
     torch.testing.assert_close(video_got, video_expected)

@@ -1,4 +1,4 @@
-"""The timed training step every `vidlab bench model FAMILY` runs: one shared loop, so families compare.
+"""The timed training step of `vidlab bench model CONFIG`, and the device helpers every benchmark shares.
 
 A step = forward under autocast at the benchmark's precision, backward (through a GradScaler for fp16), AdamW
 step. The mean wall time covers `steps` steps after `warmup` untimed ones (allocator and autotuning settle).

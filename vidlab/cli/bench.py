@@ -2,7 +2,7 @@
 
 from vidlab.cli._group import register_group
 
-SUBCOMMANDS: tuple[str, ...] = ("bench_data", "bench_eval", "bench_shapes", "bench_model")
+SUBCOMMANDS: tuple[str, ...] = ("bench_data", "bench_eval", "bench_shapes", "bench_model", "bench_rerank")
 
 
 def register(subparsers) -> None:

@@ -1,27 +1,22 @@
 """`vidlab bench model CONFIG [KEY=VALUE ...] [--compare "KEY=VALUE ..."]`: the training step of any recipe's
-config, timed on a batch the recipe builds, one row per variant (`vidlab.bench.recipe_step`).
-
-`vidlab bench model fit|evl|singularity ...`: the per-family benchmarks on synthetic inputs of a model name
-(FiT with and without activation checkpointing, EVL frozen vs fine-tuned, Singularity's training and
-re-ranking costs); `vidlab bench model FAMILY --help` for theirs.
+config, timed on a batch the recipe builds, one row per variant (`vidlab.bench.recipe_step`). Comparisons are
+overrides, e.g. `--compare "trainer.grad_checkpointing=true"`, `--compare "data.num_frames=8 model.video.num_frames=8"`
+(FiT), `--compare "model.backbone.freeze=false"` (EVL), `--compare "data.num_frames=4"` (Singularity).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from vidlab.cli._group import at_least
-
-FAMILIES = {"fit": "bench_model_fit", "evl": "bench_model_evl", "singularity": "bench_model_singularity"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "model", help="training-step speed and memory of a recipe's config (or of a model family)", description=__doc__,
+        "model", help="training-step speed and memory of a recipe's config", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("target", metavar="CONFIG|FAMILY", help="a training config YAML, or fit / evl / singularity")
+    parser.add_argument("target", metavar="CONFIG", help="a training config YAML")
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="KEY=VALUE overrides and options")
     parser.set_defaults(func=run)
 
@@ -40,11 +35,6 @@ def _config_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.target in FAMILIES:
-        parser = argparse.ArgumentParser(prog="vidlab bench model")
-        importlib.import_module(f"vidlab.cli.{FAMILIES[args.target]}").register(parser.add_subparsers(required=True))
-        family_args = parser.parse_args([args.target, *args.rest])
-        return family_args.func(family_args)
     from vidlab.bench.recipe_step import render_recipe_steps, run_recipe_steps
 
     options = _config_parser().parse_args(args.rest)

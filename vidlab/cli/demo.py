@@ -59,7 +59,6 @@ def retrieve(stage_cfg: DictConfig, model_dir: Path, queries: Sequence[str], k: 
     thumbnails show what the metrics table scores.
     """
     import torch
-    import torch.nn.functional as F
 
     from vidlab.engine.data import eval_loader
     from vidlab.engine.recipe import get_recipe
@@ -79,7 +78,7 @@ def retrieve(stage_cfg: DictConfig, model_dir: Path, queries: Sequence[str], k: 
             video_embeds.append(rows["video_embeds"].cpu())
             video_index.append(rows["video_index"].cpu())
         tokens = eval_set.collate.tokenize(list(queries))
-        text_embeds = F.normalize(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float(), dim=-1)
+        text_embeds = model.encode_text(tokens["input_ids"], tokens["attention_mask"], normalize=True).float()
     scores = text_embeds @ torch.cat(video_embeds).T
     index = torch.cat(video_index)
     top = scores.topk(min(k, scores.shape[1]), dim=1)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from vidlab.engine.data import ResumableTrainLoader
 from vidlab.engine.distributed import gather_objects
 from vidlab.engine.optim import build_optimizer, build_scheduler
-from vidlab.engine.recipe import EvalContext, Recipe
+from vidlab.engine.recipe import EvalContext, EvalSet, Recipe, in_dataset_order
 
 CHECKPOINT_KEY = "vidlab"
 
@@ -62,9 +62,11 @@ class VidlabModule(pl.LightningModule):
         self.cfg = cfg
         self.train_loader: ResumableTrainLoader | None = None
         self.eval_loaders: dict[str, Any] = {}
+        self.eval_sets: dict[str, EvalSet] = {}
         self.eval_split = "val"
         self.last_eval: dict[str, tuple[dict[str, float], str]] = {}  # split -> (metrics, protocol)
-        self.last_outputs: dict[str, dict[str, Tensor]] = {}  # split -> the recipe's gathered per-row outputs
+        # split -> the recipe's gathered per-row outputs in dataset order, and their evaluation context
+        self.last_outputs: dict[str, tuple[dict[str, Tensor], EvalContext]] = {}
         self._eval_rows: dict[str, list[Tensor]] = defaultdict(list)
         self._pending_rng: dict[str, Any] | None = None
 
@@ -163,9 +165,12 @@ class VidlabModule(pl.LightningModule):
         outputs = {k: torch.cat([p[k] for p in parts if k in p]) for k in set().union(*parts)}
         if not outputs:
             return
-        metrics = self.recipe.eval_metrics(outputs, EvalContext(split, self.model, self.device))
-        self.last_eval[split] = (metrics, self.recipe.describe_eval(outputs, split))
-        self.last_outputs[split] = outputs
+        outputs = in_dataset_order(outputs)
+        eval_set = self.eval_sets.get(split)
+        context = EvalContext(split, self.model, self.device, eval_set.records if eval_set is not None else ())
+        metrics = self.recipe.eval_metrics(outputs, context)
+        self.last_eval[split] = (metrics, self.recipe.describe_eval(outputs, context))
+        self.last_outputs[split] = (outputs, context)
         # every rank computed the same values; sync_dist only keeps Lightning from warning about it
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=True, batch_size=1)
 

@@ -7,11 +7,13 @@ resume, stages); a recipe (`vidlab.recipes.<system>`) holds only what is specifi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -26,6 +28,31 @@ from vidlab.errors import ConfigError
 Gather = Callable[[Tensor], Tensor]  # local (B, ...) -> global (B * world, ...), gradients flowing back
 
 
+# The rows `eval_step` returns, by key prefix, and the columns that identify a row of each kind: per-sample rows
+# (`index`: the dataset position), per-video and per-caption rows of a retrieval evaluation.
+ROW_KEYS: dict[str, tuple[str, ...]] = {"text_": ("text_video_index", "text_slot"), "video_": ("video_index",), "": ("index",)}
+
+
+def in_dataset_order(outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Gathered evaluation rows of every kind (`ROW_KEYS`) sorted by their identifying columns, each row once: the
+    processes of a sharded evaluation return their rows interleaved, and a padded shard repeats a sample."""
+    kinds: dict[str, list[str]] = defaultdict(list)
+    for key in outputs:
+        kinds[next(prefix for prefix in ROW_KEYS if key.startswith(prefix))].append(key)
+    ordered: dict[str, Tensor] = {}
+    for prefix, keys in kinds.items():
+        missing = [column for column in ROW_KEYS[prefix] if column not in outputs]
+        if missing:
+            raise KeyError(f"evaluation rows {keys} lack their identifying column(s) {missing}")
+        identity = np.stack([outputs[column].cpu().long().numpy() for column in ROW_KEYS[prefix]], 1)
+        order = np.lexsort(identity.T[::-1])
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (identity[order][1:] != identity[order][:-1]).any(1)
+        rows = torch.from_numpy(order[first])
+        ordered.update({key: outputs[key][rows.to(outputs[key].device)] for key in keys})
+    return ordered
+
+
 @dataclass(frozen=True)
 class EvalContext:
     """What an evaluation's metrics may need besides its gathered rows."""
@@ -33,16 +60,18 @@ class EvalContext:
     split: str
     model: nn.Module | None = None  # None: metrics from the stored rows alone (a protocol that scores again needs it)
     device: torch.device = torch.device("cpu")
+    records: Sequence[MediaRecord] = ()  # the evaluated dataset's records, by dataset index (when it has them)
 
 
 @dataclass
 class EvalSet:
-    """An evaluation split: dataset, per-process batch size, collate function."""
+    """An evaluation split: dataset, per-process batch size, collate function, and the records its rows index."""
 
     split: str
     dataset: Dataset
     batch_size: int
     collate: Collate
+    records: Sequence[MediaRecord] = ()
 
 
 class Recipe(ABC):
@@ -120,16 +149,19 @@ class Recipe(ABC):
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Per-row outputs of one batch; the engine concatenates them over batches and processes."""
+        """Per-row outputs of one batch, each kind of row with its identifying columns (`ROW_KEYS`: `index` for
+        per-sample rows; `video_index`, and `text_video_index` + `text_slot`, for the videos and captions of a
+        retrieval evaluation). The engine concatenates them over batches and processes and puts them in dataset
+        order, each row once (`in_dataset_order`)."""
 
     @abstractmethod
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        """Flat metric names -> values from every process's outputs; `context` holds the evaluated model (for
-        protocols that score again, e.g. re-ranking), its device and the split. A recipe keeps no state between
-        evaluation calls."""
+        """Flat metric names -> values from every process's outputs, in dataset order; `context` holds the split,
+        the evaluated model (for protocols that score again, e.g. re-ranking), its device and the dataset's records.
+        A recipe keeps no state between evaluation calls."""
 
     @abstractmethod
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
         """The protocol of an evaluation (split, what was queried, how it was scored), for printing."""
 
     def format_metrics(self, metrics: dict[str, float], split: str) -> str:
@@ -137,7 +169,9 @@ class Recipe(ABC):
         width = max((len(k) for k in metrics), default=0)
         return "\n".join(f"  {split}/{key:<{width}}  {value:8.2f}" for key, value in metrics.items())
 
-    def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
+    def write_eval_artifacts(
+        self, outputs: dict[str, Tensor], metrics: dict[str, float], context: EvalContext, out_dir: Path
+    ) -> list[Path]:
         """Files an evaluation leaves beside its eval_SPLIT.json (figures, a report page); their paths.
         Called on rank 0 only."""
         return []

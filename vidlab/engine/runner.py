@@ -302,6 +302,7 @@ def _attach_eval(module: VidlabModule, recipe: Recipe, splits: Sequence[str], ra
     for split in splits:
         eval_set = recipe.eval_set(split)
         if eval_set is not None:
+            module.eval_sets[split] = eval_set
             module.eval_loaders[split] = eval_loader(
                 eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world,
                 num_workers=data.num_workers, worker_timeout=data.worker_timeout,
@@ -433,7 +434,8 @@ def _run_eval(trainer: pl.Trainer, module: VidlabModule, split: str, out_file: P
         if out_file is not None:
             out_file.parent.mkdir(parents=True, exist_ok=True)
             out_file.write_text(json.dumps({"split": split, "protocol": protocol, "metrics": metrics}, indent=1) + "\n")
-            for path in module.recipe.write_eval_artifacts(module.last_outputs[split], metrics, split, out_file.parent):
+            outputs, context = module.last_outputs[split]
+            for path in module.recipe.write_eval_artifacts(outputs, metrics, context, out_file.parent):
                 print(f"wrote {path}")
     return metrics
 

@@ -81,7 +81,7 @@ def cache_tokens(model: nn.Module, root: Path, split: str, transform: Any) -> Mo
         path = root / video
         bounds = np.linspace(0, probe(path).num_frames, CACHED_FRAMES + 1)
         frames = read_frames(path, ((bounds[:-1] + bounds[1:]) / 2).astype(int)).permute(0, 3, 1, 2)
-        tokens.append(model.encode_frames(transform(frames)[None]).tokens[0])
+        tokens.append(model.frame_features(transform(frames)[None]).tokens[0])
         labels.append(label)
     return MotionClips(torch.stack(tokens), torch.tensor(labels))
 
@@ -215,7 +215,7 @@ class TemplateReadout(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, 4, L, D) -> (B, templates) ITM scores."""
         memory = self._video(tokens).memory
-        text = self.model.encode_text(self.caption_ids, self.caption_mask)
+        text = self.model.text_features(self.caption_ids, self.caption_mask)
         clips, templates = len(memory), len(self.caption_ids)
         logits = self.model.itm_logits(
             text.states.repeat(clips, 1, 1), text.mask.repeat(clips, 1), memory.repeat_interleave(templates, dim=0)

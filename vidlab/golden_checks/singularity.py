@@ -80,9 +80,9 @@ def _load_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], **overri
 
 def _retrieval_outputs(model: Singularity, tensors: Mapping[str, Tensor], modes: list[str]) -> Outputs:
     video, ids, mask = tensors["input.video"], tensors["input.text_input_ids"], tensors["input.text_attention_mask"]
-    frames = model.encode_frames(video)
-    features = model.encode_video(video)
-    text = model.encode_text(ids, mask)
+    frames = model.frame_features(video)
+    features = model.video_features(video)
+    text = model.text_features(ids, mask)
     num_videos, num_texts = video.shape[0], ids.shape[0]
 
     def itm_pairs() -> tuple[Tensor, Tensor]:
@@ -132,9 +132,9 @@ def _frames_outputs(model: Singularity, tensors: Mapping[str, Tensor]) -> Output
         count, what = int(match.group(1)), match.group(2)
         video = tensors.get(f"input.video_{count}frames", tensors["input.video"][:, :count])
         if what == "image_embeds":
-            outputs[name] = lambda v=video: model.encode_video(v).memory
+            outputs[name] = lambda v=video: model.video_features(v).memory
         elif what == "pooled_vision_embeds":
-            outputs[name] = lambda v=video: model.encode_video(v).pooled
+            outputs[name] = lambda v=video: model.video_features(v).pooled
         elif what == "temporal_embeddings_interpolated":
             outputs[name] = lambda n=count: model.temporal_embedding(n)
     return outputs
@@ -150,10 +150,10 @@ def check_singularity_retrieval(case: GoldenCase) -> None:
         if any(k.startswith(_UPDATED_POOLER) for k in tensors):
             updated = _load_model(case.spec, tensors, **{"temporal_vision_encoder.update_pooler_embed": True})
             video = tensors["input.video"]
-            text = updated.encode_text(tensors["input.text_input_ids"], tensors["input.text_attention_mask"])
-            outputs[_UPDATED_POOLER + "pooled_vision_embeds"] = lambda: updated.encode_video(video).pooled
+            text = updated.text_features(tensors["input.text_input_ids"], tensors["input.text_attention_mask"])
+            outputs[_UPDATED_POOLER + "pooled_vision_embeds"] = lambda: updated.video_features(video).pooled
             outputs[_UPDATED_POOLER + "itc_sim_i2t"] = lambda: updated.similarity(
-                updated.encode_video(video).pooled, text.pooled
+                updated.video_features(video).pooled, text.pooled
             )
         _compare(found, tensors, outputs, *_tolerance(case.spec))
     found.raise_if_any()
@@ -167,7 +167,7 @@ def check_singularity_qa(case: GoldenCase) -> None:
     num_questions, num_answers = q_ids.shape[0], a_ids.shape[0]
     with torch.no_grad():
         model = _load_model(case.spec, tensors)
-        memory = model.encode_video(video).memory
+        memory = model.video_features(video).memory
         states = model.question_states(memory, q_ids, q_mask)
         start_logits = model.answer_start_logits(states, q_mask, a_ids[:1, :1].expand(num_questions, 1))
         pair_states = states.repeat_interleave(num_answers, dim=0)

@@ -33,7 +33,7 @@ def matching_losses(
     each sample's source (same idx = extra ITC positives, never an ITM negative). `gather` (local ->
     all processes) widens the negatives to the global batch when `losses.gather_negatives` is set.
     """
-    return losses_of_features(model, model.encode_video(batch["video"]), batch, gather, generator)
+    return losses_of_features(model, model.video_features(batch["video"]), batch, gather, generator)
 
 def losses_of_features(
     model: Singularity, video: VideoFeatures, batch: Mapping[str, Tensor], gather: Gather | None = None,
@@ -46,7 +46,7 @@ def losses_of_features(
         raise ConfigError("ITC needs pooled per-frame features (a pooler, or temporal_vision_encoder.update_pooler_embed)")
     losses_cfg = model.cfg.losses
     model.clamp_temperature()
-    text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    text = model.text_features(batch["input_ids"], batch["attention_mask"])
     idx = batch.get("idx")
     gathering = losses_cfg.gather_negatives and gather is not None
     if gathering and idx is None:
@@ -102,7 +102,7 @@ def qa_loss(model: Singularity, batch: Mapping[str, Tensor]) -> Tensor:
     batch: `video`, `question_ids` / `question_mask` (B, Lq), `answer_ids` / `answer_mask` (A, La) with
     the answers of question b consecutive, `answers_per_question` (B,), `answer_weights` (A,).
     """
-    memory = model.encode_video(batch["video"]).memory
+    memory = model.video_features(batch["video"]).memory
     states = model.question_states(memory, batch["question_ids"], batch["question_mask"])
     counts = torch.as_tensor(batch["answers_per_question"], device=states.device)
     nll = model.answer_nll(

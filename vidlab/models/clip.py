@@ -273,7 +273,8 @@ class CLIPTextTower(nn.Module):
 
 
 class CLIP(nn.Module):
-    """Image and text towers with CLIP's learned temperature: `encode_image`, `encode_text`, `forward` -> logits."""
+    """Image and text towers with CLIP's learned temperature: `encode_image`, `encode_video` (frames' mean),
+    `encode_text` (a `vidlab.models.interface.VideoTextModel`), `forward` -> logits."""
 
     def __init__(self, visual: CLIPVisionTower, text: CLIPTextTower, logit_bias: bool = False):
         super().__init__()
@@ -286,9 +287,20 @@ class CLIP(nn.Module):
         """(B, 3, H, W) normalised images -> (B, embed_dim), not normalised."""
         return self.visual(images)
 
-    def encode_text(self, token_ids: Tensor) -> Tensor:
-        """(B, L) token ids (CLIP's BPE, end-of-text = highest id) -> (B, embed_dim), not normalised."""
-        return self.text(token_ids)
+    def encode_video(self, video: Tensor, normalize: bool = False) -> Tensor:
+        """(B, T, 3, H, W) frames -> (B, embed_dim): the mean of the frames' normalised embeddings, the usual CLIP
+        video embedding (`normalize`: to unit length, as zero-shot classification scores it)."""
+        if video.dim() != 5:
+            raise ModelInputError(f"video must be (B, T, 3, H, W), got shape {tuple(video.shape)}")
+        frame_embeds = F.normalize(self.encode_image(video.flatten(0, 1)), dim=-1)
+        embeds = frame_embeds.view(*video.shape[:2], -1).mean(dim=1)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def encode_text(self, token_ids: Tensor, attention_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
+        """(B, L) token ids (CLIP's BPE, end-of-text = highest id) -> (B, embed_dim). The text is pooled at its
+        end marker, so `attention_mask` (the interface's) changes nothing."""
+        embeds = self.text(token_ids)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def similarity_logits(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
         """(N_images, N_texts) = exp(logit_scale) * cosine similarity (+ logit_bias)."""

@@ -368,8 +368,12 @@ class EVL(nn.Module):
         """(B, T, 3, H, W) -> the decoder's query token (B, C), before the head."""
         return self.decoder(self.backbone_features(video))
 
+    def forward_head(self, features: Tensor) -> Tensor:
+        """(B, C) query features -> (B, num_classes) logits."""
+        return self.head(features)
+
     def forward(self, video: Tensor) -> Tensor:
-        return self.head(self.forward_features(video))
+        return self.forward_head(self.forward_features(video))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: decoder + head, and the backbone only when it is fine-tuned."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -54,7 +55,8 @@ class FrozenInTimeConfig:
 
 
 class FrozenInTime(nn.Module):
-    """Dual encoder: `encode_video(frames)` and `encode_text(input_ids, attention_mask)` into one space."""
+    """Dual encoder: `encode_video(frames)` and `encode_text(input_ids, attention_mask)` into one space, compared by
+    cosine (a `vidlab.models.interface.VideoTextModel`)."""
 
     def __init__(
         self,
@@ -78,14 +80,17 @@ class FrozenInTime(nn.Module):
             self.text_proj = nn.Identity()
             self.video_proj = nn.Identity()
 
-    def encode_video(self, frames: Tensor) -> Tensor:
+    def encode_video(self, frames: Tensor, normalize: bool = False) -> Tensor:
         """(B, T, 3, H, W) normalised frames, T <= num_frames -> (B, projection_dim)."""
-        return self.video_proj(self.video_encoder(frames))
+        embeds = self.video_proj(self.video_encoder(frames))
+        return F.normalize(embeds, dim=-1) if normalize else embeds
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
         """(B, L) token ids and mask -> (B, projection_dim). FiT applies a ReLU before the text projection."""
-        pooled_text = self.text_encoder(input_ids, attention_mask)
-        return self.text_proj(F.relu(pooled_text)) if self.projection == "minimal" else pooled_text
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        pooled_text = self.text_encoder(input_ids, mask)
+        embeds = self.text_proj(F.relu(pooled_text)) if self.projection == "minimal" else pooled_text
+        return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def forward(self, frames: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(text_embeds, video_embeds), unnormalised (the loss takes their cosine similarity)."""

@@ -19,8 +19,9 @@
 Parameter names are the official downstream names (`text_encoder.encoder.layer.N...`), so official
 checkpoints load with the small map of `vidlab.models.singularity_weights`. Training logic stays out of
 the model: the losses are `vidlab.losses.singularity`'s (`matching_losses`: ITC + ITM (+ MLM), `qa_loss`), and
-the evaluation protocols (`vidlab.tasks.rerank`, `vidlab.tasks.qa`) call `encode_clips`, `encode_text`,
-`itm_logits`, `question_states`, `answer_start_logits`, `answer_nll`.
+the evaluation protocols (`vidlab.tasks.rerank`, `vidlab.tasks.qa`) call `encode_clips`, `text_features`,
+`itm_logits`, `question_states`, `answer_start_logits`, `answer_nll`. `encode_video` / `encode_text` give the ITC
+embeddings of `vidlab.models.interface.VideoTextModel`.
 
 Input frames are (B, T, 3, H, W), normalised with mean = std = 0.5, at the tower's resolution.
 """
@@ -452,7 +453,7 @@ class Singularity(nn.Module):
 
     # -- vision ---------------------------------------------------------------------------------------
 
-    def encode_frames(self, video: Tensor) -> VideoFeatures:
+    def frame_features(self, video: Tensor) -> VideoFeatures:
         """(B, T, 3, H, W) -> every frame alone through the tower: tokens after `vision_layernorm`, pooled."""
         if video.dim() != 5:
             raise ModelInputError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
@@ -471,12 +472,12 @@ class Singularity(nn.Module):
         along_time = table.squeeze(2).transpose(1, 2)  # (1, D, F)
         return F.interpolate(along_time, size=num_frames, mode="linear").transpose(1, 2).unsqueeze(2)
 
-    def encode_video(self, video: Tensor) -> VideoFeatures:
+    def video_features(self, video: Tensor) -> VideoFeatures:
         """Frames, plus temporal embeddings and the temporal encoder when the model has them."""
-        return self.add_time(self.encode_frames(video))
+        return self.add_time(self.frame_features(video))
 
     def add_time(self, frames: VideoFeatures) -> VideoFeatures:
-        """The temporal parts over the tower's per-frame features (`encode_frames`): temporal embeddings and the
+        """The temporal parts over the tower's per-frame features (`frame_features`): temporal embeddings and the
         temporal encoder when the model has them. Apart from the tower so that a frozen tower's cached features can
         be trained on (`vidlab experiment singularity-direction`)."""
         tokens, pooled = frames.tokens, frames.pooled
@@ -495,19 +496,19 @@ class Singularity(nn.Module):
         mean/max/lse: each frame alone, which the official code allows for single-frame-trained models only."""
         ensemble = check_ensemble(ensemble or self.cfg.eval.frame_ensemble)
         if ensemble == "concat":
-            video_features = self.encode_video(video)
+            video_features = self.video_features(video)
         else:
             if self.cfg.num_frames != 1:
                 raise ConfigError(
                     f"frame ensemble {ensemble!r} scores frames one by one, which needs a single-frame-trained "
                     f"model (num_frames 1, this one has {self.cfg.num_frames}); use 'concat'"
                 )
-            video_features = self.encode_frames(video)
+            video_features = self.frame_features(video)
         return clip_memories(video_features.tokens, ensemble), video_features.pooled
 
     # -- text, similarity, matching -------------------------------------------------------------------
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+    def text_features(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """(N, L) ids and mask -> text-layer states (their `text.pooling` is the text feature)."""
         return TextFeatures(self.text_encoder.encode_text(input_ids, attention_mask), attention_mask, self.cfg.text.pooling)
 
@@ -541,11 +542,26 @@ class Singularity(nn.Module):
     def clamp_temperature(self) -> None:
         self.temp.clamp_(*TEMP_RANGE)
 
+    def encode_video(self, video: Tensor, normalize: bool = False) -> Tensor:
+        """(B, T, 3, H, W) -> (B, E): the mean over frames of the normalised per-frame ITC features (frames as
+        `eval.frame_ensemble` takes them), so that its inner product with `encode_text` is the ITC score of
+        `similarity`; `normalize` rescales it to unit length (no change for one frame)."""
+        pooled = self.encode_clips(video)[1]
+        if pooled is None:
+            raise ModelInputError("this model has no ITC features (a QA model has no pooler)")
+        embeds = self.video_feat(pooled).mean(dim=1)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
+        """(N, L) -> (N, E) ITC text features, unit vectors whatever `normalize` says."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self.text_feat(self.text_features(input_ids, mask).pooled)
+
     def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """The contrastive features: (B, T, E) per-frame video features and (N, E) text features, normalised.
         Training losses are `vidlab.losses.singularity`'s; scoring, the methods above."""
-        video_features = self.encode_video(video)
-        return self.video_feat(video_features.pooled), self.text_feat(self.encode_text(input_ids, attention_mask).pooled)
+        video_features = self.video_features(video)
+        return self.video_feat(video_features.pooled), self.text_feat(self.text_features(input_ids, attention_mask).pooled)
 
     # -- QA -------------------------------------------------------------------------------------------
 

@@ -204,6 +204,7 @@ class ClipEvalCollate:
             "index": torch.tensor([s["index"] for s in samples]),
             "is_video": torch.tensor([s["path"] in self.video_paths for s in samples]),
             "caption_owner": torch.tensor([i for i, c in enumerate(captions) for _ in c]),
+            "caption_slot": torch.tensor([j for c in captions for j in range(len(c))]),
             "token_ids": self.tokenizer([text for c in captions for text in c]),
         }
         for task, by_path in self.labels.items():
@@ -348,7 +349,8 @@ class ClipRecipe(Recipe):
             backend=self.cfg.data.backend,
         )
         videos = frozenset(r.path for r in records if r.kind == "video")
-        return EvalSet(split, dataset, self.cfg.eval.batch_size, ClipEvalCollate(self.tokenizer, self._labels(records), videos))
+        collate = ClipEvalCollate(self.tokenizer, self._labels(records), videos)
+        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate, records)
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -364,7 +366,8 @@ class ClipRecipe(Recipe):
             "index": batch["index"],
             "is_video": batch["is_video"],
             "text_embeds": F.normalize(model.encode_text(batch["token_ids"]).float(), dim=-1),
-            "text_owner": batch["index"][batch["caption_owner"]],
+            "text_video_index": batch["index"][batch["caption_owner"]],
+            "text_slot": batch["caption_slot"],
         }
         templates = {task.name: list(task.templates) for task in self.cfg.eval.zero_shot}
         for task, names in self.class_names().items():
@@ -373,15 +376,9 @@ class ClipRecipe(Recipe):
             rows[f"label/{task}"] = batch[f"label/{task}"]
         return rows
 
-    def _ordered(self, outputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """(per-frame rows sorted by dataset index, text embeddings, text -> frame row)."""
-        order = outputs["index"].argsort()
-        frames = {k: v[order] for k, v in outputs.items() if not k.startswith("text_")}
-        text_to_frame = torch.searchsorted(frames["index"], outputs["text_owner"])
-        return frames, outputs["text_embeds"], text_to_frame
-
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        frames, text_embeds, text_to_frame = self._ordered(outputs)
+        frames, text_embeds = outputs, outputs["text_embeds"]
+        text_to_frame = torch.searchsorted(outputs["index"], outputs["text_video_index"])
         metrics: dict[str, float] = {}
         for task in self.class_names():
             labels = frames[f"label/{task}"]
@@ -397,8 +394,8 @@ class ClipRecipe(Recipe):
         metrics["rsum"] = sum(result[d][f"R{k}"] for d in ("t2v", "v2t") for k in RETRIEVAL_KS)
         return metrics
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        frames, text_embeds, _ = self._ordered(outputs)
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split, frames, text_embeds = context.split, outputs, outputs["text_embeds"]
         videos = int(frames["is_video"].sum())
         lines = [
             f"protocol: CLIP zero-shot classification and image-text retrieval, split '{split}'",

@@ -344,7 +344,7 @@ class EvlRecipe(Recipe):
                 bad_samples="raise",
                 backend=data.backend,
             )
-        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate_views)
+        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate_views, [] if data.dummy else self.records(split))
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -359,17 +359,11 @@ class EvlRecipe(Recipe):
             "num_views": torch.full_like(batch["index"], batch["video"].shape[1]),
         }
 
-    @staticmethod
-    def _in_dataset_order(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        order = outputs["index"].argsort()
-        return {key: value[order] for key, value in outputs.items()}
-
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        rows = self._in_dataset_order(outputs)
-        return classification_metrics(rows["scores"], rows["label"])
+        return classification_metrics(outputs["scores"], outputs["label"])
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        mc, data = self.model_config(), self.cfg.data
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split, mc, data = context.split, self.model_config(), self.cfg.data
         spatial, temporal = self._views()
         crops = "a centre crop" if spatial == 1 else "3 crops (left / centre / right along the long side)"
         clips = "a centred clip" if temporal == 1 else f"{temporal} evenly spaced clips"
@@ -392,9 +386,11 @@ class EvlRecipe(Recipe):
 
     # -- figures ----------------------------------------------------------------------------------------
 
-    def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
+    def write_eval_artifacts(
+        self, outputs: dict[str, Tensor], metrics: dict[str, float], context: EvalContext, out_dir: Path
+    ) -> list[Path]:
         """The confusion matrix as a PNG (class names on the axes) and report.html (metrics, protocol, PNG)."""
-        rows = self._in_dataset_order(outputs)
+        rows, split = outputs, context.split
         num_classes = int(self.model_config().num_classes)
         names = self.class_names() or [str(i) for i in range(num_classes)]
         counts = confusion_matrix(rows["scores"].argmax(1), rows["label"], num_classes)
@@ -403,7 +399,7 @@ class EvlRecipe(Recipe):
         table = [["metric", "value (%)"]] + [[key, f"{value:.2f}"] for key, value in metrics.items()]
         report = write_report(Report(f"EVL action recognition: {split}", [
             Table(table),
-            Preformatted(self.describe_eval(outputs, split)),
+            Preformatted(self.describe_eval(outputs, context)),
             Section("Confusion matrix", [
                 Paragraph("rows: true class, columns: predicted class (top-1 of the view-averaged scores)"),
                 Figure(png.name, "confusion matrix"),

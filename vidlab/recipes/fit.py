@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
@@ -145,19 +144,6 @@ def mean_over_views(view_embeds: Tensor, num_views: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Retrieval protocol
-
-
-def _unique_rows(keys: Tensor) -> Tensor:
-    """Positions of the first occurrence of each distinct row of (N, K) integer keys, sorted by key."""
-    order = torch.from_numpy(np.lexsort(keys.T.flip(0).numpy())).long()
-    sorted_keys = keys[order]
-    first = torch.ones(len(order), dtype=torch.bool)
-    first[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(1)
-    return order[first]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The recipe
 
 
@@ -250,8 +236,9 @@ class FitRecipe(Recipe):
         if source is None:
             return None
         data = self.cfg.data
+        records = self.read_records(source, f"data.{split}")
         dataset = VideoTextDataset(
-            self.read_records(source, f"data.{split}"),
+            records,
             self._eval_sampler(),
             build_transform(data.transform, train=False),
             caption_mode="all",
@@ -261,7 +248,8 @@ class FitRecipe(Recipe):
             bad_samples="raise",
             backend=data.backend,
         )
-        return EvalSet(split, dataset, self.cfg.eval.batch_size, FitEvalCollate(self.tokenizer, self.cfg.text.max_length))
+        collate = FitEvalCollate(self.tokenizer, self.cfg.text.max_length)
+        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate, records)
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -290,23 +278,10 @@ class FitRecipe(Recipe):
             rows = {k: v.cpu() for k, v in rows.items()}
         return rows
 
-    def _tables(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(video embeds, text embeds, text -> video row, temporal flags, views) in dataset order, each
-        video and caption once (a process may have seen a sample twice only if sharding padded)."""
-        videos = _unique_rows(outputs["video_index"][:, None])
-        texts = _unique_rows(torch.stack([outputs["text_video_index"], outputs["text_slot"]], 1))
-        video_index = outputs["video_index"][videos]
-        text_to_video = torch.searchsorted(video_index, outputs["text_video_index"][texts])
-        return (
-            outputs["video_embeds"][videos],
-            outputs["text_embeds"][texts],
-            text_to_video,
-            outputs["text_temporal"][texts].bool(),
-            outputs["video_views"][videos],
-        )
-
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        video_embeds, text_embeds, text_to_video, temporal, _ = self._tables(outputs)
+        video_embeds, text_embeds = outputs["video_embeds"], outputs["text_embeds"]
+        text_to_video = torch.searchsorted(outputs["video_index"], outputs["text_video_index"])
+        temporal = outputs["text_temporal"].bool()
         device = None if self.cfg.eval.offload_embeddings else context.device
         metrics: dict[str, float] = {}
         for subset, mask in (("all", torch.ones_like(temporal)), ("temporal", temporal)):
@@ -333,8 +308,9 @@ class FitRecipe(Recipe):
         lines.extend(f"  {subset} RSum (R1+R5+R10, both directions): {metrics[f'{subset}/rsum']:.1f}" for subset in SUBSETS if f"{subset}/rsum" in metrics)
         return "\n".join(lines)
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        video_embeds, text_embeds, text_to_video, temporal, views = self._tables(outputs)
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split, views, temporal = context.split, outputs["video_views"], outputs["text_temporal"].bool()
+        text_owners = outputs["text_video_index"]
         data, stride = self.cfg.data, self.cfg.eval.sliding_window_stride
         frames = (
             f"fit_sliding_window (stride {stride}): {int(views.min())}-{int(views.max())} windows of {data.num_frames} frames "
@@ -345,9 +321,9 @@ class FitRecipe(Recipe):
         return "\n".join(
             [
                 f"protocol: Frozen in Time retrieval, split '{split}'",
-                f"  captions: all {len(text_embeds)} captions of the {len(video_embeds)} videos; "
+                f"  captions: all {len(text_owners)} captions of the {len(views)} videos; "
                 + (
-                    f"subset 'temporal': {int(temporal.sum())} captions of {len(set(text_to_video[temporal].tolist()))} videos"
+                    f"subset 'temporal': {int(temporal.sum())} captions of {len(set(text_owners[temporal].tolist()))} videos"
                     if temporal.any()
                     else "no caption is flagged temporal"
                 ),

@@ -169,7 +169,6 @@ class SingularityRecipe(Recipe):
         self.default_monitor = self.task.monitor  # type: ignore[misc]
         self._tokenizer: Any = None
         self._model_config: DictConfig | None = None
-        self.eval_records: dict[str, list[MediaRecord]] = {}  # by split, as the last eval_set read them
 
     # -- model ------------------------------------------------------------------------------------------
 
@@ -282,8 +281,7 @@ class SingularityRecipe(Recipe):
         if source is None:
             return None
         records, dataset, collate = self.task.eval_set(source, f"data.{split}", self.dataset_args(False, source.image_frames))
-        self.eval_records[split] = list(records)
-        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate)
+        return EvalSet(split, dataset, self.cfg.eval.batch_size, collate, records)
 
     # -- steps and evaluation: the task's ---------------------------------------------------------------
 
@@ -296,14 +294,17 @@ class SingularityRecipe(Recipe):
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         return self.task.eval_metrics(outputs, context)
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        return self.task.describe_eval(outputs, split)
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        return self.task.describe_eval(outputs, context)
 
     def format_metrics(self, metrics: dict[str, float], split: str) -> str:
         return self.task.format_metrics(metrics, split) or super().format_metrics(metrics, split)
 
-    def write_eval_artifacts(self, outputs: dict[str, Tensor], metrics: dict[str, float], split: str, out_dir: Path) -> list[Path]:
+    def write_eval_artifacts(
+        self, outputs: dict[str, Tensor], metrics: dict[str, float], context: EvalContext, out_dir: Path
+    ) -> list[Path]:
         """eval_SPLIT_subsets.json (metrics nested by scoring / subset) and a small HTML table of them."""
+        split = context.split
         nested: dict[str, Any] = {}
         for key, value in metrics.items():
             *groups, name = key.split("/")
@@ -315,7 +316,7 @@ class SingularityRecipe(Recipe):
         json_file.write_text(json.dumps({"task": self.cfg.task, "split": split, "metrics": nested}, indent=1) + "\n")
         rows = [["metric", "value"]] + [[key, f"{value:.2f}"] for key, value in metrics.items()]
         page = write_report(
-            Report(f"Singularity {self.cfg.task}, split {split}", [Preformatted(self.describe_eval(outputs, split)), Table(rows)]),
+            Report(f"Singularity {self.cfg.task}, split {split}", [Preformatted(self.describe_eval(outputs, context)), Table(rows)]),
             out_dir / f"eval_{split}_subsets.html",
         )
         return [json_file, page]

@@ -199,7 +199,7 @@ class SingularityTask:
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
         raise NotImplementedError
 
     def format_metrics(self, metrics: dict[str, float], split: str) -> str | None:
@@ -247,7 +247,7 @@ class RetrievalTask(SingularityTask):
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         keep: Callable[[Tensor], Tensor] = (lambda t: t.cpu()) if self.cfg.eval.offload else (lambda t: t)
         memory, pooled = model.encode_clips(batch["video"], self.cfg.eval.frame_ensemble)
-        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        text = model.text_features(batch["input_ids"], batch["attention_mask"])
         return {
             "video_index": batch["index"],
             "video_memory": keep(memory),
@@ -263,25 +263,25 @@ class RetrievalTask(SingularityTask):
         if context.model is None:
             raise ConfigError("Singularity's retrieval metrics re-rank with the model: evaluate with it in the context")
         evaluation = self.cfg.eval
-        tables = RetrievalTables.from_outputs(outputs, self._text_keys(outputs, context.split))
+        tables = RetrievalTables.from_outputs(outputs, self._text_keys(outputs, context.records))
         return retrieval_metrics(
             context.model, tables, evaluation.k_test, evaluation.frame_ensemble, evaluation.pairs_per_call,
             context.device, evaluation.offload,
         )
 
-    def _text_keys(self, outputs: Mapping[str, Tensor], split: str) -> list[str] | None:
+    def _text_keys(self, outputs: Mapping[str, Tensor], records: Sequence[MediaRecord]) -> list[str] | None:
         """With `data.has_multi_vision_gt`, the raw caption of every output text row (identical captions are
         one text, as the official training `idx` groups them); None otherwise."""
         if not self.cfg.data.has_multi_vision_gt:
             return None
-        records = self.recipe.eval_records[split]
         return [records[int(i)].captions[int(j)] for i, j in zip(outputs["text_video_index"], outputs["text_slot"])]
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split = context.split
         num_videos, num_frames = outputs["video_pooled"].shape[:2]
         num_rows = len(outputs["text_slot"])
         temporal_rows = outputs["text_temporal"].bool().tolist()
-        keys = self._text_keys(outputs, split)
+        keys = self._text_keys(outputs, context.records)
         grouping = []
         if keys is None:
             num_texts, num_temporal = num_rows, sum(temporal_rows)
@@ -379,7 +379,7 @@ class QATask(SingularityTask):
         return {"index": batch["index"], "predicted": ranked[:, 0]}
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        records, answers = self.recipe.eval_records[context.split], self.answer_list()
+        records, answers = context.records, self.answer_list()
         index = outputs["index"]
         predicted = [answers[int(i)] for i in outputs["predicted"]]
         gold = [records[int(i)].extra["answers"][0] for i in index]
@@ -393,8 +393,8 @@ class QATask(SingularityTask):
             metrics[f"qa/qtype/{qtype}_acc"] = exact_match_accuracy([predicted[i] for i in chosen], [gold[i] for i in chosen])
         return metrics
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        records, model_cfg = self.recipe.eval_records[split], self.recipe.model_cfg()
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split, records, model_cfg = context.split, context.records, self.recipe.model_cfg()
         subsets = item_subsets(records, outputs["index"])
         answers = self.answer_list()
         listed = set(answers)
@@ -428,15 +428,15 @@ class MultipleChoiceTask(RetrievalTask):
         return {"index": batch["index"], "option_scores": scores.float()}
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
-        records, index = self.recipe.eval_records[context.split], outputs["index"]
+        records, index = context.records, outputs["index"]
         answers = torch.tensor([records[int(i)].label for i in index])
         return {
             f"mc/{subset}_acc": multiple_choice_accuracy(outputs["option_scores"][mask], answers[mask])
             for subset, mask in item_subsets(records, index).items()
         }
 
-    def describe_eval(self, outputs: dict[str, Tensor], split: str) -> str:
-        subsets = item_subsets(self.recipe.eval_records[split], outputs["index"])
+    def describe_eval(self, outputs: dict[str, Tensor], context: EvalContext) -> str:
+        split, subsets = context.split, item_subsets(context.records, outputs["index"])
         num_options = outputs["option_scores"].shape[1]
         return "\n".join([
             f"protocol: Singularity multiple choice, split '{split}': {len(outputs['index'])} items of {num_options} options, "

@@ -22,14 +22,14 @@ whose (video, option) pair has the highest ITM match logit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vidlab.errors import ConfigError
-from vidlab.models.singularity import QA_SCORINGS
+from vidlab.models.singularity import QA_SCORINGS, Singularity
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
 
 
@@ -94,7 +94,7 @@ def rank_answer_list(
 
 
 def rank_answers(
-    model: Any,
+    model: Singularity,
     video: Tensor,
     question_ids: Tensor,
     question_mask: Tensor,
@@ -125,13 +125,13 @@ def exact_match_accuracy(predicted: Sequence[str], gold: Sequence[str]) -> float
 
 @torch.no_grad()
 def multiple_choice_scores(
-    model: Any, video: Tensor, option_ids: Tensor, option_mask: Tensor, ensemble: str | None = None
+    model: Singularity, video: Tensor, option_ids: Tensor, option_mask: Tensor, ensemble: str | None = None
 ) -> Tensor:
     """(B, O) ITM match logits of each video with each of its O options (B, O, L), frame ensemble applied."""
     ensemble = ensemble or model.cfg.eval.frame_ensemble
     batch, num_options, length = option_ids.shape
     memories, _ = model.encode_clips(video, ensemble)  # (B, C, M, D)
-    text = model.encode_text(option_ids.reshape(-1, length), option_mask.reshape(-1, length))
+    text = model.text_features(option_ids.reshape(-1, length), option_mask.reshape(-1, length))
     per_clip = [
         model.itm_logits(text.states, text.mask, memories[:, c].repeat_interleave(num_options, dim=0))[:, 1]
         for c in range(memories.shape[1])

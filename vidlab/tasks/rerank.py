@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,6 +29,9 @@ from vidlab.data.formats import MediaRecord, has_temporal_flags
 from vidlab.errors import ConfigError
 from vidlab.tasks.ensemble import aggregate_clips, check_ensemble
 from vidlab.tasks.retrieval import CaptionIndex, invert_ground_truth, singularity_itm_eval, singularity_recalls
+
+if TYPE_CHECKING:
+    from vidlab.models.singularity import Singularity
 
 NOT_RERANKED = -100.0  # score of the pairs outside a query's top-k (official)
 RECALL_AT = (1, 5, 10)
@@ -105,7 +108,7 @@ class RetrievalFeatures:
 
 @torch.no_grad()
 def extract_features(
-    model: Any,
+    model: Singularity,
     videos: Iterable[Tensor],
     text_ids: Tensor,
     text_mask: Tensor,
@@ -131,11 +134,11 @@ def extract_features(
     states = []
     for start in range(0, text_ids.shape[0], text_batch_size):
         chunk = slice(start, start + text_batch_size)
-        states.append(keep(model.encode_text(text_ids[chunk].to(device), text_mask[chunk].to(device)).states))
+        states.append(keep(model.text_features(text_ids[chunk].to(device), text_mask[chunk].to(device)).states))
     return RetrievalFeatures(torch.cat(memories), torch.cat(pooled), torch.cat(states), keep(text_mask.to(device)))
 
 
-def model_pair_scorer(model: Any, features: RetrievalFeatures, device: torch.device | str | None = None) -> PairScorer:
+def model_pair_scorer(model: Singularity, features: RetrievalFeatures, device: torch.device | str | None = None) -> PairScorer:
     """The ITM match logit of (video, text) pairs under every clip of the videos' memories."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
 
@@ -153,7 +156,7 @@ def model_pair_scorer(model: Any, features: RetrievalFeatures, device: torch.dev
 
 
 @torch.no_grad()
-def itc_scores(model: Any, features: RetrievalFeatures, device: torch.device | str | None = None) -> Tensor:
+def itc_scores(model: Singularity, features: RetrievalFeatures, device: torch.device | str | None = None) -> Tensor:
     """(V, N) float32 ITC scores of every video and text of `features`, computed on `device`."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     pooled_text = model.pooled_text(features.text_states, features.text_mask)
@@ -229,7 +232,7 @@ def describe_protocol(num_videos: int, num_texts: int, num_frames: int, k: int, 
 
 @torch.no_grad()
 def evaluate_retrieval(
-    model: Any,
+    model: Singularity,
     features: RetrievalFeatures,
     captions: CaptionIndex,
     k: int | None = None,
@@ -286,28 +289,25 @@ class RetrievalTables:
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Tensor], text_keys: Sequence[str] | None = None) -> RetrievalTables:
-        """`text_keys` (one per output text row, e.g. its raw caption): rows with equal keys become one text."""
-        video_order = torch.argsort(outputs["video_index"])
-        video_index = outputs["video_index"][video_order]
-        owner, slot = outputs["text_video_index"], outputs["text_slot"]
-        text_order = torch.argsort(owner * (int(slot.max()) + 1) + slot)
-        row_video = torch.searchsorted(video_index, owner[text_order])
-        row_temporal = outputs["text_temporal"][text_order].bool()
+        """`outputs` in dataset order, each row once (`vidlab.engine.recipe.in_dataset_order`); `text_keys` (one per
+        text row, e.g. its raw caption): rows with equal keys become one text."""
+        row_video = torch.searchsorted(outputs["video_index"], outputs["text_video_index"])
+        row_temporal = outputs["text_temporal"].bool()
         if text_keys is None:
-            rows, text_videos, temporal = text_order, row_video[:, None], row_temporal
+            rows, text_videos, temporal = torch.arange(len(row_video)), row_video[:, None], row_temporal
         else:
-            group, first = first_of_each([text_keys[int(row)] for row in text_order])
+            group, first = first_of_each(list(text_keys))
             pairs = torch.unique(torch.stack([group, row_video], 1), dim=0)  # distinct (text, video), sorted
             members = invert_ground_truth(pairs[:, 0], len(first))  # (G, K) positions in pairs
             text_videos = torch.where(members >= 0, pairs[:, 1][members.clamp(min=0)], -1)
             temporal = torch.zeros(len(first), dtype=torch.bool)
             temporal[group[row_temporal]] = True
-            rows = text_order[first]
+            rows = first
         mask = outputs["text_mask"][rows]
         length = int(mask.sum(1).max())
         return cls(  # float32: features kept in half precision under mixed precision
-            memory=outputs["video_memory"][video_order].float(),
-            pooled=outputs["video_pooled"][video_order].float(),
+            memory=outputs["video_memory"].float(),
+            pooled=outputs["video_pooled"].float(),
             text_states=outputs["text_states"][rows][:, :length].float(),
             text_mask=mask[:, :length],
             text_videos=text_videos,
@@ -323,7 +323,7 @@ class RetrievalTables:
 
 
 def retrieval_metrics(
-    model: Any,
+    model: Singularity,
     tables: RetrievalTables,
     k: int,
     ensemble: str,

@@ -66,14 +66,6 @@ def class_embeddings(
     return F.normalize(per_class, dim=-1)
 
 
-def video_embeddings(model: CLIP, video: Tensor) -> Tensor:
-    """(B, T, 3, H, W) frames -> (B, embed_dim) unit vectors: the normalised mean of normalised frame embeddings."""
-    if video.dim() != 5:
-        raise ModelInputError(f"video must be (B, T, 3, H, W), got shape {tuple(video.shape)}")
-    frame_embeds = F.normalize(model.encode_image(video.flatten(0, 1)), dim=-1)
-    return F.normalize(frame_embeds.view(*video.shape[:2], -1).mean(dim=1), dim=-1)
-
-
 class ZeroShotClassifier(nn.Module):
     """A CLIP model and fixed class embeddings: `forward(images or video) -> (B, num_classes)` logits."""
 
@@ -92,10 +84,10 @@ class ZeroShotClassifier(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """(B, 3, H, W) images or (B, T, 3, H, W) videos -> exp(logit_scale) * cosine to each class."""
         if inputs.dim() == 5:
-            embeds = video_embeddings(self.model, inputs)
+            embeds = self.model.encode_video(inputs, normalize=True)
         else:
             embeds = F.normalize(self.model.encode_image(inputs), dim=-1)
         return self.model.logit_scale.exp() * embeds @ self.class_embeds.T
 
 
-__all__ = ["Tokenizer", "DEFAULT_TEMPLATES", "class_embeddings", "video_embeddings", "ZeroShotClassifier"]
+__all__ = ["Tokenizer", "DEFAULT_TEMPLATES", "class_embeddings", "ZeroShotClassifier"]
