@@ -94,13 +94,20 @@ def test_resume_mid_epoch_is_exact(tmp_path, shapes_root, text_folder):
 
 
 def test_resume_from_a_periodic_checkpoint_is_exact(tmp_path, shapes_root, text_folder):
+    """A run that dies without saving its state (as under kill -9) and resumes from its last periodic checkpoint
+    ends with the weights of a separate run that never stopped."""
     path = _config(tmp_path, shapes_root, text_folder)
     straight = train(load_train_config(path, ["run_dir=" + str(tmp_path / "straight")]))
-    ckpt = straight.run_dir / "0-train" / "checkpoints" / "step0000002.ckpt"  # mid epoch 1 (3 steps per epoch)
-    resumed = train(load_train_config(path, ["run_dir=" + str(tmp_path / "other"), f"resume={ckpt}"]))
-    assert resumed.run_dir == straight.run_dir  # a resumed run goes on in its own folder
-    a = read_weights(tmp_path / "straight" / "0-train" / "model")
-    assert all(torch.equal(a[k], v) for k, v in read_weights(resumed.model_dir).items())
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(
+            load_train_config(path, ["run_dir=" + str(tmp_path / "killed"), "checkpoint.save_on_exception=false"]),
+            callbacks=[CrashAt(3, RuntimeError("power cut"))],
+        )
+    ckpt = tmp_path / "killed" / "0-train" / "checkpoints" / "step0000002.ckpt"  # mid epoch 1 (3 steps per epoch)
+    resumed = train(load_train_config(path, [f"resume={ckpt}"]))
+    assert resumed.run_dir == tmp_path / "killed"  # a resumed run goes on in its own folder
+    a, b = read_weights(straight.model_dir), read_weights(resumed.model_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, shapes_root, text_folder):

@@ -42,7 +42,8 @@ class TrainerConfig:
     val_check_interval: Any = None  # int: every N training batches; float: fraction of an epoch; None: epoch end
     check_val_every_n_epoch: int = 1
     log_every_n_steps: int = 10
-    deterministic: bool = False
+    # deterministic kernels: None = on when the run is on the CPU (same config + seed -> same weights), off on GPUs
+    deterministic: bool | None = None
 
 
 @dataclass

@@ -31,11 +31,21 @@ from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
 from vidlab.data.workers import start_early
 from vidlab.engine import distributed
+from vidlab.engine.checkpointing import (
+    INTERRUPTED,
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    PeriodicCheckpoint,
+    checkpoint_step,
+    readable_checkpoint,
+    remove_stale_temporaries,
+)
 from vidlab.engine.config import Stage, load_train_config, resolve_stage_refs, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
 from vidlab.engine.module import VidlabModule
 from vidlab.engine.recipe import Recipe, get_recipe
 from vidlab.errors import ConfigError, VidlabError
+from vidlab.files import write_text_atomic
 from vidlab.models.checkpoint import WEIGHTS_FILE, save_vidlab_checkpoint
 
 log = logging.getLogger(__name__)
@@ -43,7 +53,6 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
-INTERRUPTED = "interrupted"
 
 
 class TrainingError(VidlabError):
@@ -70,7 +79,15 @@ def _timestamp() -> str:
 
 def _new_run_dir(cfg: DictConfig) -> Path:
     if cfg.run_dir:
-        return Path(cfg.run_dir)
+        run_dir = Path(cfg.run_dir)
+        if (run_dir / RUN_CONFIG).is_file() and not cfg.resume:  # a run's weights and evaluations are never overwritten
+            finished = (run_dir / resolve_stages(cfg)[-1].dirname / MODEL_DIR / WEIGHTS_FILE).is_file()
+            raise TrainingError(
+                f"run_dir {run_dir} holds a{' finished' if finished else 'n unfinished'} run: "
+                + ("choose a new folder, or leave run_dir out for a new timestamped run" if finished
+                   else f"`vidlab train CONFIG run_dir={run_dir} resume=auto` goes on with it, or choose a new folder")
+            )
+        return run_dir
     base = Path(cfg.output_dir) / cfg.name
     stamp = _timestamp()
     candidate, n = base / stamp, 1
@@ -92,13 +109,16 @@ def _stage_of_checkpoint(ckpt: Path, stages: list[Stage]) -> tuple[Path, int]:
 
 
 def _newest_checkpoint(cfg: DictConfig, stages: list[Stage]) -> Path | None:
-    """The newest checkpoint of the newest run of this config's name (for resume=auto, e.g. on requeue)."""
+    """The newest complete checkpoint of the newest run of this config's name (for resume=auto, e.g. on requeue);
+    a truncated or empty file (a crash or a full disk during its write) is passed over, with a warning."""
     base = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
     runs = [base] if cfg.run_dir else sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     for run in reversed(runs):
         ckpts = [c for s in stages for c in (run / s.dirname / CHECKPOINT_DIR).glob("*.ckpt")]
-        if ckpts:
-            return max(ckpts, key=lambda c: (c.stat().st_mtime, c.name == f"{INTERRUPTED}.ckpt"))
+        for ckpt in sorted(ckpts, key=lambda c: (c.stat().st_mtime, c.name == f"{INTERRUPTED}.ckpt"), reverse=True):
+            if readable_checkpoint(ckpt):
+                return ckpt
+            log.warning("resume=auto: skipping %s (incomplete: a write that did not finish)", ckpt)
     return None
 
 
@@ -115,6 +135,8 @@ def _resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[Path | None, in
         ckpt = Path(cfg.resume)
         if not ckpt.is_file():
             raise TrainingError(f"resume: checkpoint {ckpt} not found")
+        if not readable_checkpoint(ckpt):
+            raise TrainingError(f"resume: {ckpt} is incomplete (a write that did not finish); resume=auto takes the newest complete one")
     run_dir, index = _stage_of_checkpoint(ckpt, stages)
     if (run_dir / stages[index].dirname / MODEL_DIR / WEIGHTS_FILE).is_file() and cfg.resume == "auto":
         return run_dir, index + 1, None  # that stage finished: go on with the next one
@@ -150,7 +172,11 @@ class SaveOnException(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.world_size > 1 or trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
             return
-        trainer.save_checkpoint(self.path)
+        try:
+            trainer.save_checkpoint(self.path)
+        except CheckpointWriteError as e:
+            log.warning("training stopped (%s) and its state could not be saved: %s", type(exception).__name__, e)
+            return
         log.warning("training stopped (%s): state saved to %s", type(exception).__name__, self.path)
         exception.add_note(f"the training state is saved: `vidlab train CONFIG resume={self.path}` goes on from it")
 
@@ -191,12 +217,15 @@ def _strategy(cfg: DictConfig, recipe: Recipe) -> Any:
     )
 
 
-def _loggers(cfg: DictConfig, stage_dir: Path) -> list[Any]:
+def _loggers(cfg: DictConfig, stage_dir: Path, resumed_step: int | None) -> list[Any]:
+    """The configured loggers; a resumed stage's TensorBoard log drops the points after the resumed step (a killed
+    run logged them, the resumed run logs them again)."""
     loggers: list[Any] = []
     if cfg.logging.tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard", version=""))
+        purge = {"purge_step": resumed_step} if resumed_step is not None else {}
+        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard", version="", **purge))
     if cfg.logging.wandb:
         try:
             import wandb  # noqa: F401
@@ -206,6 +235,13 @@ def _loggers(cfg: DictConfig, stage_dir: Path) -> list[Any]:
 
         loggers.append(WandbLogger(project=cfg.logging.wandb_project or cfg.name, save_dir=str(stage_dir)))
     return loggers
+
+
+def _deterministic(t: DictConfig) -> bool:
+    """`trainer.deterministic`; by default on for CPU runs and off on GPUs, whose deterministic kernels are slower."""
+    if t.deterministic is not None:
+        return bool(t.deterministic)
+    return t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
 
 
 def _trainer(**kwargs: Any) -> pl.Trainer:
@@ -227,26 +263,13 @@ def build_trainer(
     stage_dir: Path,
     has_val: bool,
     callbacks: Sequence[Callback] = (),
+    resumed_step: int | None = None,
 ) -> pl.Trainer:
     """The Lightning Trainer of one stage (checkpoints, logs, precision, clipping, accumulation)."""
     t, c = cfg.trainer, cfg.checkpoint
     ckpt_dir = stage_dir / CHECKPOINT_DIR
-    every = c.every_n_steps
-    all_callbacks: list[Callback] = [
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="step{step:07d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=every,
-            every_n_epochs=None if every else 1,
-            monitor="step",
-            mode="max",
-            save_top_k=c.keep,
-            save_last=True,
-        ),
-        *callbacks,
-    ]
-    loggers = _loggers(cfg, stage_dir)
+    all_callbacks: list[Callback] = [PeriodicCheckpoint(ckpt_dir, c.keep, c.every_n_steps), *callbacks]
+    loggers = _loggers(cfg, stage_dir, resumed_step)
     if loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     monitor = c.monitor or recipe.default_monitor
@@ -278,10 +301,11 @@ def build_trainer(
         limit_test_batches=2 if debug else None,
         num_sanity_val_steps=0,
         log_every_n_steps=1 if debug else t.log_every_n_steps,
-        deterministic=t.deterministic,
+        deterministic=_deterministic(t),
         use_distributed_sampler=False,  # the loaders shard by rank themselves
         logger=loggers or False,
         callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
         # Lightning's SLURM pre-emption checkpoint (hpc_ckpt_N.ckpt) lands beside the others, for resume=auto
@@ -371,7 +395,11 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
         _attach_eval(module, recipe, splits, rank, world, scfg.data)
-        trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks)
+        resuming = ckpt if stage.index == first_stage else None
+        if rank == 0:
+            remove_stale_temporaries(stage_dir / CHECKPOINT_DIR)
+        resumed_step = checkpoint_step(resuming) if resuming is not None else None
+        trainer = build_trainer(scfg, recipe, stage_dir, "val" in module.eval_loaders, callbacks, resumed_step)
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         module.train_loader = ResumableTrainLoader(  # before the run folder: its batch checks are config errors
             train_sets,
@@ -432,8 +460,7 @@ def _run_eval(trainer: pl.Trainer, module: VidlabModule, split: str, out_file: P
         print(protocol)
         print(module.recipe.format_metrics(metrics, split))
         if out_file is not None:
-            out_file.parent.mkdir(parents=True, exist_ok=True)
-            out_file.write_text(json.dumps({"split": split, "protocol": protocol, "metrics": metrics}, indent=1) + "\n")
+            write_text_atomic(out_file, json.dumps({"split": split, "protocol": protocol, "metrics": metrics}, indent=1) + "\n")
             outputs, context = module.last_outputs[split]
             for path in module.recipe.write_eval_artifacts(outputs, metrics, context, out_file.parent):
                 print(f"wrote {path}")

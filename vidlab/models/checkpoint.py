@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vidlab.config import save_config
+from vidlab.files import atomic_path
 from vidlab.models.errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -386,7 +387,8 @@ def save_vidlab_checkpoint(model: nn.Module, config: DictConfig, directory: str 
         storage = tensor.untyped_storage().data_ptr()
         tensors[name] = tensor.clone() if storage in seen_storages else tensor  # safetensors refuses shared memory
         seen_storages.add(storage)
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "vidlab", "family": str(config.family)})
+    with atomic_path(directory / WEIGHTS_FILE) as temp:
+        save_file(tensors, str(temp), metadata={"format": "vidlab", "family": str(config.family)})
     save_config(config, directory / CONFIG_FILE)
     return directory
 
