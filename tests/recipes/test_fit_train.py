@@ -11,7 +11,7 @@ import torch
 from _fit_setup import read_weights, tiny_config, write_config
 
 from vidlab.engine.config import load_train_config
-from vidlab.engine.runner import train
+from vidlab.engine.runner import TrainingError, train
 
 
 class CrashAt(pl.Callback):
@@ -108,6 +108,40 @@ def test_resume_from_a_periodic_checkpoint_is_exact(tmp_path, shapes_root, text_
     assert resumed.run_dir == tmp_path / "killed"  # a resumed run goes on in its own folder
     a, b = read_weights(straight.model_dir), read_weights(resumed.model_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_folder_is_never_overwritten(tmp_path, shapes_root, text_folder):
+    path = _config(tmp_path, shapes_root, text_folder)
+    done = train(load_train_config(path, ["run_dir=" + str(tmp_path / "run")]))
+    weights = (done.model_dir / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="holds a finished run: choose a new folder"):
+        train(load_train_config(path, ["run_dir=" + str(tmp_path / "run"), "optim.lr=0.5"]))
+    assert (done.model_dir / "model.safetensors").read_bytes() == weights
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(load_train_config(path, ["run_dir=" + str(tmp_path / "unfinished")]), callbacks=[CrashAt(1, RuntimeError("power cut"))])
+    with pytest.raises(TrainingError, match=r"holds an unfinished run: `vidlab train CONFIG run_dir=\S+ resume=auto` goes on"):
+        train(load_train_config(path, ["run_dir=" + str(tmp_path / "unfinished")]))
+
+
+def test_resume_auto_passes_over_checkpoints_a_full_disk_left_incomplete(tmp_path, shapes_root, text_folder, caplog):
+    path = _config(tmp_path, shapes_root, text_folder)
+    straight = train(load_train_config(path, ["run_dir=" + str(tmp_path / "straight")]))
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(load_train_config(path, ["run_dir=" + str(run)]), callbacks=[CrashAt(5, RuntimeError("power cut"))])
+    checkpoints = run / "0-train" / "checkpoints"
+    (checkpoints / "interrupted.ckpt").write_bytes(b"")  # what a full disk left of the newest files
+    for name in ("step0000004.ckpt", "last.ckpt"):
+        data = (checkpoints / name).read_bytes()
+        (checkpoints / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrainingError, match="is incomplete"):
+        train(load_train_config(path, ["run_dir=" + str(run), f"resume={checkpoints / 'step0000004.ckpt'}"]))
+    with caplog.at_level("WARNING"):
+        resumed = train(load_train_config(path, ["run_dir=" + str(run), "resume=auto"]))
+    skipped = {line.split("skipping ")[1].split(" ")[0] for line in caplog.messages if "skipping" in line}
+    assert {Path(p).name for p in skipped} == {"interrupted.ckpt", "step0000004.ckpt", "last.ckpt"}
+    a, b = read_weights(straight.model_dir), read_weights(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # from step 2, exactly
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, shapes_root, text_folder):
