@@ -1,3 +1,4 @@
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -49,19 +50,29 @@ def test_circular_base_is_reported(tmp_path):
         # YAML reads {a:b} as the key 'a:b': say so, instead of an unknown key 'a:b' deep in the config
         (["data={num_frames:3}"], "YAML reads 'num_frames:3' as one key without a value; write a space after each colon"),
         (["data.list=[{a: 1, b:2}]"], "YAML reads 'b:2' as one key"),
+        (["data={num_frames: 3"], r"override 'data={num_frames: 3': invalid YAML: while parsing a flow mapping: did not find expected"),
+        (["lr=nan"], "lr must be a finite number, got nan"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         load_config(None, overrides, Defaults)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_non_finite_number_is_named_wherever_it_is(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  towers: [{temperature: 0.07}, {temperature: .inf}]\n")
+    with pytest.raises(ConfigError, match=r"^model.towers\[1\].temperature must be a finite number, got inf$"):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 2, column 1: while parsing a flow sequence: did not find") as info:
         load_config(tmp_path / "bad.yaml")
+    assert len(str(info.value).splitlines()) == 1
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
@@ -71,6 +82,25 @@ def test_save_roundtrip(tmp_path):
     cfg = load_config(None, ["lr=0.25"], Defaults)
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml", [], Defaults) == cfg
+
+
+def test_saving_into_a_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    (tmp_path / "runs").write_text("a file where the run folder should go")
+    with pytest.raises(ConfigError, match=r"cannot write .*runs/x/config.yaml \(.*runs/x: Not a directory\)$"):
+        save_config(load_config(None, [], Defaults), tmp_path / "runs" / "x" / "config.yaml")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_saving_into_a_read_only_folder_says_so(tmp_path):
+    (tmp_path / "runs").mkdir(mode=0o555)
+    with pytest.raises(ConfigError, match=r"cannot write .*runs/x/config.yaml: the folder is not writable \(.*Permission denied\)$"):
+        save_config(load_config(None, [], Defaults), tmp_path / "runs" / "x" / "config.yaml")
+    assert not list((tmp_path / "runs").iterdir())
+
+
+def test_save_leaves_no_partial_file(tmp_path):
+    save_config(load_config(None, ["lr=0.25"], Defaults), tmp_path / "config.yaml")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
 def test_list_items_can_be_overridden_by_index(tmp_path):

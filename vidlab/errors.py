@@ -11,6 +11,12 @@ class ConfigError(VidlabError):
     """A configuration file or a command-line override is invalid."""
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: a message naming a path or a value read
+    from a bad file stays the one line the CLI prints."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class AnnotationError(VidlabError):
     """An annotation file is malformed: carries the file, the line or entry, and what is wrong."""
 
@@ -19,4 +25,4 @@ class AnnotationError(VidlabError):
         self.where = where
         self.reason = reason
         loc = f"{self.path}:{where}" if where is not None else self.path
-        super().__init__(f"{loc}: {reason}")
+        super().__init__(one_line(f"{loc}: {reason}"))

@@ -252,6 +252,26 @@ BAD_FILES = [
     ("evl_list", "l.txt", "a.mp4 one\n", {}, 1, "bad label 'one': not an integer"),
     ("evl_list", "l.txt", "a.mp4 -1\n", {}, 1, "bad label '-1'"),
     ("evl_list", "l.txt", "\n\n", {}, None, "no entries"),
+    # a NUL byte in a media path: named at the line, not a ValueError at the first OS call
+    ("evl", "l.txt", "videos/000000.mp4\x00 2\n", {}, 1, r"NUL byte in the media path 'videos/000000.mp4\x00'"),
+    ("csv", "c.csv", "path,caption\na.mp4,x\nb\x00.mp4,y\n", {"path_column": "path"}, 3, "NUL byte in the media path"),
+    ("singularity", "s.json", '[{"video": "a\\u0000.mp4", "caption": "x"}]', {}, "entry 0", "NUL byte in the media path"),
+    # JSON Python cannot or should not read
+    ("singularity", "s.json", "[" * 1000 + "]" * 1000, {}, None, "invalid JSON: nested too deeply"),
+    ("singularity", "s.json", '[{"video": "a.mp4", "caption": "x", "n": ' + "1" * 5000 + "}]", {}, None, "an integer of 5000 digits"),
+    ("singularity", "s.json", '[{"video": "a.mp4", "caption": "x", "d": NaN}]', {}, None, "NaN is not a JSON number"),
+    ("singularity", "s.json", '[{"video": "a.mp4", "caption": "x", "caption": "y"}]', {}, None, "duplicate key 'caption'"),
+    ("msrvtt", "m.json", '{"annotations": [], "annotations": [{"image_id": "v", "caption": "x"}]}', {}, None, "duplicate key 'annotations'"),
+    # labels: plain decimal class indices that fit an int32
+    ("evl_list", "l.txt", "a.mp4 4294967296\n", {}, 1, "bad label '4294967296': must be in 0..2147483647"),
+    ("evl_list", "l.txt", "a.mp4 1e26\n", {}, 1, "bad label '1e26': not an integer"),
+    ("evl_list", "l.txt", "a.mp4 1_000\n", {}, 1, "bad label '1_000': not an integer"),
+    ("evl_list", "l.txt", "a.mp4 \u0663\n", {}, 1, "not an integer"),
+    ("evl_list", "l.txt", "a.mp4 " + "9" * 5000 + "\n", {}, 1, "(5000 characters)"),
+    # CSV: a duplicated column (the last would win), a quote that swallows the following rows
+    ("csv", "c.csv", "path,caption,caption\na.mp4,x,y\n", {"path_column": "path"}, 1, "duplicate column(s) ['caption']"),
+    ("csv", "c.csv", 'path,caption\na.mp4,"x\nb.mp4,y\nc.mp4,z\n', {"path_column": "path"}, 2, "unterminated quote: bad CSV at line 4"),
+    ("csv", "c.csv", 'path,caption\na.mp4,"x\nb.mp4,y\nc.mp4,z"\n', {"path_column": "path"}, 2, "unterminated quote: a field runs on to line 4"),
 ]
 
 
@@ -263,6 +283,12 @@ def test_bad_annotation_names_file_place_and_problem(tmp_path, fmt, name, conten
     assert (info.value.path, info.value.where) == (str(ann), where)
     assert reason in info.value.reason
     assert "\n" not in str(info.value) and str(info.value).startswith(str(ann))
+
+
+def test_a_quoted_caption_may_span_lines(tmp_path):
+    """Legal CSV: only a line that looks like a swallowed row makes a multi-line field an unterminated quote."""
+    ann = write(tmp_path / "c.csv", 'path,caption\na.mp4,"two\nlines"\nb.mp4,y\n')
+    assert [r.captions for r in read_annotations("csv", ann, path_column="path")] == [("two\nlines",), ("y",)]
 
 
 def test_msrvtt_split_list_naming_an_unknown_video(tmp_path, msrvtt):

@@ -88,6 +88,17 @@ def test_all_attempts_failing_is_an_error(media):
         ds[0]
 
 
+def test_skip_policy_replaces_a_record_whose_path_holds_a_nul_byte(media):
+    """Records built in code skip the readers' check: the io layer's typed error lets the policy handle them."""
+    records = [MediaRecord(media.good_paths[0], label=0), MediaRecord(media.good_paths[1] + "\0", label=1)]
+    tracker = BadSampleTracker(max_bad_fraction=0.9, min_samples=1)
+    ds = VideoLabelDataset(records, make_sampler("fit_rand", num_frames=2), noisy, num_frames=2)
+    (batch,) = run_epochs(ds, tracker, workers=0)
+    assert batch["index"].tolist() == [0, 0]
+    assert {path: reason for path, (reason, _) in tracker.files.items()} == {records[1].path: "missing (NUL byte in the path)"}
+    assert check_media(media.good_paths[1] + "\0") == "missing (NUL byte in the path)"
+
+
 def test_check_media_reasons(media):
     assert check_media(media.good_paths[0]) is None
     assert check_media(str(media.image), "image") is None

@@ -68,11 +68,25 @@ def test_wrong_keys_values_and_recipes_are_config_errors(tmp_path):
         ("optim.lr_groups=[{patterns: [temporal], lr: -1.0}]", r"optim.lr_groups\[0\].lr must be >= 0"),
         ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\), got \[0.9\]"),
         ("optim.betas=[0.9,1.0]", "optim.betas must be two numbers"),
+        # NaN passes every `< minimum` check; it and inf are refused for any number of the config
+        ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+        ("optim.weight_decay=inf", "optim.weight_decay must be a finite number, got inf"),
+        ("optim.lr_groups=[{patterns: [temporal], lr: .nan}]", r"optim.lr_groups\[0\].lr must be a finite number"),
+        ("schedule.min_lr_ratio=-.inf", "schedule.min_lr_ratio must be a finite number, got -inf"),
+        ("checkpoint.every_n_steps=0", "checkpoint.every_n_steps must be >= 1, got 0"),
+        ("checkpoint.keep=-2", "checkpoint.keep must be >= -1, got -2"),
+        ("data.transform={size: 32", r"override 'data.transform={size: 32': invalid YAML: while parsing a flow mapping: did not find"),
     ],
 )
 def test_out_of_range_numbers_are_config_errors(tmp_path, override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         load_train_config(_write(tmp_path, BASE), [override])
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_nan_in_a_stage_is_named_with_its_place(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages\[0\].optim.lr must be a finite number, got nan"):
+        load_train_config(_write(tmp_path, BASE + "stages:\n  - {name: one, optim: {lr: .nan}}\n"))
 
 
 def test_epochs_may_be_unbounded_when_steps_bound_the_run(tmp_path):

@@ -61,6 +61,15 @@ def test_text_and_directories_are_not_videos(bad_files, entry):
     assert _reason(ENTRY_POINTS[entry], bad_files["directory"]) is Reason.NOT_A_VIDEO
 
 
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_nul_byte_in_the_path_is_a_missing_file(bad_files, entry):
+    """No file can have such a name; the OS calls would raise a bare ValueError that no bad-sample policy catches."""
+    path = f"{bad_files['directory']}/videos/000000.mp4\0"
+    assert _reason(ENTRY_POINTS[entry], path) is Reason.MISSING
+    with pytest.raises(VideoReadError, match=r"000000.mp4\\x00: missing \(NUL byte in the path\)$"):
+        ENTRY_POINTS[entry](path)
+
+
 @pytest.mark.parametrize("entry", ["probe", "read_frames", "read_frames_at"])
 def test_audio_only_file_has_no_video_stream(bad_files, entry):
     assert _reason(ENTRY_POINTS[entry], bad_files[Reason.NO_VIDEO_STREAM]) is Reason.NO_VIDEO_STREAM

@@ -154,13 +154,49 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise AnnotationError(str(path), None, f"not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise AnnotationError(str(path), None, f"cannot read: {e.strerror or e}") from None
+
+
+class _JSONProblem(ValueError):
+    """Valid JSON syntax that vidlab refuses (raised from `json.loads` hooks, which know no line number)."""
+
+
+# Longer integers cannot be labels, indices or ids; Python refuses to convert those of over 4,300 digits anyway.
+_MAX_JSON_INT_DIGITS = 100
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object without duplicate keys: `json` would keep the last value silently."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _JSONProblem(f"duplicate key {duplicate!r} in an object")
+    return obj
+
+
+def _json_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_JSON_INT_DIGITS:
+        raise _JSONProblem(f"an integer of {digits} digits")
+    return int(text)
+
+
+def _json_constant(name: str) -> float:
+    raise _JSONProblem(f"{name} is not a JSON number")
 
 
 def _load_json(path: Path) -> Any:
+    text = _read_text(path)
     try:
-        return json.loads(_read_text(path))
+        return json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int, parse_constant=_json_constant)
     except json.JSONDecodeError as e:
         raise AnnotationError(str(path), f"line {e.lineno}", f"invalid JSON: {e.msg}") from None
+    except _JSONProblem as e:
+        raise AnnotationError(str(path), None, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise AnnotationError(str(path), None, "invalid JSON: nested too deeply") from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -171,8 +207,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _resolve(root: Path, rel: str) -> str:
-    """`root/rel` (an absolute `rel` stays as it is); plain concatenation: this runs once per record."""
+def _resolve(root: Path, rel: str, path: Path, where: str | int) -> str:
+    """`root/rel` (an absolute `rel` stays as it is); plain concatenation: this runs once per record.
+
+    A NUL byte would otherwise surface as a bare ValueError from the first OS call on the media path.
+    """
+    if "\0" in rel:
+        raise AnnotationError(str(path), where, f"NUL byte in the media path {rel!r}")
     return rel if os.path.isabs(rel) else f"{root}{os.sep}{rel}"
 
 
@@ -205,15 +246,20 @@ def _captions(value: Any, path: Path, where: str | int) -> tuple[str, ...]:
     return (_text(value, path, where),)
 
 
+# Labels are class indices: int32 in every framework, and a larger one is a corrupt file, not a big dataset.
+MAX_LABEL = 2**31 - 1
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _label(text: str, path: Path, where: str | int, offset: int = 0) -> int:
-    """A class index written as an integer; `offset` converts 1-based files to 0-based labels."""
-    try:
-        label = int(text) - offset
-    except ValueError:
-        raise AnnotationError(str(path), where, f"bad label {text!r}: not an integer") from None
-    if label < 0:
-        raise AnnotationError(str(path), where, f"bad label {text!r}: below {offset}")
-    return label
+    """A class index written as plain decimal digits (not `1e3`, `1_000` or other scripts' digits); `offset`
+    converts 1-based files to 0-based labels."""
+    shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
+    if not _INTEGER.fullmatch(text):
+        raise AnnotationError(str(path), where, f"bad label {shown!r}: not an integer")
+    if text.startswith("-") or len(text) > len(str(MAX_LABEL)) or not offset <= int(text) <= MAX_LABEL + offset:
+        raise AnnotationError(str(path), where, f"bad label {shown!r}: must be in {offset}..{MAX_LABEL + offset}")
+    return int(text) - offset
 
 
 def _seconds(text: str, path: Path, where: str | int, column: str) -> float:
@@ -229,30 +275,53 @@ def _seconds(text: str, path: Path, where: str | int, column: str) -> float:
 # --------------------------------------------------------------------------- CSV (WebVid, CC3M, HowTo100M)
 
 
+def _swallowed_rows(row: dict[str, str], delimiter: str, fields: int) -> bool:
+    """Whether a quoted field spanning lines holds a line with a row's worth of delimiters: the lines that
+    follow an unterminated quote, read as one field (multi-line captions are legal CSV, swallowed rows are not)."""
+    spanning = (value for value in row.values() if "\n" in value or "\r" in value)
+    return any(line.count(delimiter) >= fields - 1 for value in spanning for line in value.splitlines()[1:])
+
+
 def _csv_rows(path: Path, required: Sequence[str], delimiter: str) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows as dicts with their line numbers (the header is line 1); checks required columns first.
 
-    Streams the file: WebVid-10M's CSVs are gigabytes.
+    Streams the file: WebVid-10M's CSVs are gigabytes. `strict` makes a quote left open at the end of the
+    file an error, not one last field holding the rest of the file.
     """
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         hint = ' (a tab is "\\t" in double quotes, as YAML reads it: -o \'delimiter="\\t"\')' if delimiter == "\\t" else ""
         raise ConfigError(f"delimiter must be one character, got {delimiter!r}{hint}")
     _check_file(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise AnnotationError(str(path), None, f"cannot read: {e.strerror or e}") from None
+    with f:
+        reader = csv.DictReader(f, delimiter=delimiter, strict=True)
+        end = 1  # last line of the previous row
         try:
             header = reader.fieldnames or []
+            end = reader.line_num
+            duplicated = sorted({c for c in header if header.count(c) > 1})
+            if duplicated:
+                raise AnnotationError(str(path), 1, f"duplicate column(s) {duplicated}: only the last would be read")
             missing = [c for c in required if c not in header]
             if missing:
                 raise AnnotationError(str(path), 1, f"missing column(s) {missing}; header has {header}")
             for row in reader:
                 if None in row or None in row.values():  # too many or too few fields
                     raise AnnotationError(str(path), reader.line_num, f"expected {len(header)} fields as in the header")
-                yield reader.line_num, row
+                if reader.line_num > end + 1 and _swallowed_rows(row, delimiter, len(header)):
+                    raise AnnotationError(str(path), end + 1, f"unterminated quote: a field runs on to line {reader.line_num}")
+                end = reader.line_num
+                yield end, row
         except UnicodeDecodeError as e:
             raise AnnotationError(str(path), reader.line_num + 1, f"not UTF-8 text (byte {e.start} of a chunk)") from None
         except csv.Error as e:
-            raise AnnotationError(str(path), reader.line_num, f"bad CSV: {e}") from None
+            failed = reader.reader.line_num  # the DictReader's own count is the last good row's
+            if failed > end + 1:  # the row began on an earlier line: a quote opened there did not close
+                raise AnnotationError(str(path), end + 1, f"unterminated quote: bad CSV at line {failed}: {e}") from None
+            raise AnnotationError(str(path), failed, f"bad CSV: {e}") from None
 
 
 def _template_fields(template: str) -> list[str]:
@@ -283,7 +352,7 @@ def _csv_records(
         if start is not None and end is not None and end <= start:
             raise AnnotationError(str(path), line, f"empty time window: {end_column} {end} <= {start_column} {start}")
         rel = make_rel(row)
-        records.append(MediaRecord(_resolve(root, rel), _kind_of(rel, kind), (caption,), start=start, end=end))
+        records.append(MediaRecord(_resolve(root, rel, path, line), _kind_of(rel, kind), (caption,), start=start, end=end))
     return records
 
 
@@ -369,8 +438,10 @@ def _load_caption_index(path: Path) -> Mapping[str, int]:
         try:
             with open(path, "rb") as f:
                 mapping = _IndexUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-            raise AnnotationError(str(path), None, f"not a pickled caption index: {e}") from None
+        except OSError as e:
+            raise AnnotationError(str(path), None, f"cannot read: {e.strerror or e}") from None
+        except Exception as e:  # a damaged pickle fails in open-ended ways (MemoryError, IndexError, KeyError, ...)
+            raise AnnotationError(str(path), None, f"not a pickled caption index: {e or type(e).__name__}") from None
     if not isinstance(mapping, Mapping):
         raise AnnotationError(str(path), None, f"expected a mapping video id -> caption index, got {type(mapping).__name__}")
     return mapping
@@ -428,7 +499,8 @@ def read_msrvtt(
                 raise AnnotationError(str(index_path), video_id, f"caption index {k} outside 0..{len(captions[video_id]) - 1}")
             fixed[video_id] = [captions[video_id][k]]
         captions = fixed
-    return [MediaRecord(_resolve(root, path_template.format(video_id=v)), kind, tuple(captions[v]), extra={"video_id": v}) for v in order]
+    rels = {v: path_template.format(video_id=v) for v in order}
+    return [MediaRecord(_resolve(root, rels[v], path, v), kind, tuple(captions[v]), extra={"video_id": v}) for v in order]
 
 
 # --------------------------------------------------------------------------- Singularity JSON
@@ -484,7 +556,9 @@ def read_singularity_json(path: Path, root: Path, *, kind: MediaKind | None = No
                 label = answer
             elif join_captions:
                 captions = (" ".join(captions),)
-        records.extend(MediaRecord(_resolve(root, rel), _kind_of(rel, kind or media_kind), captions, label=label, extra=extra) for rel in rels)
+        for rel in rels:
+            resolved = _resolve(root, rel, path, where)
+            records.append(MediaRecord(resolved, _kind_of(rel, kind or media_kind), captions, label=label, extra=extra))
     return records
 
 
@@ -500,7 +574,7 @@ def read_label_list(path: Path, root: Path, *, kind: MediaKind | None = None) ->
         rel, sep, label = text.rpartition(" ")
         if not sep or not rel:
             raise AnnotationError(str(path), line, f"expected '<path> <label>', got {text!r}")
-        records.append(MediaRecord(_resolve(root, rel), _kind_of(rel, kind), label=_label(label, path, line)))
+        records.append(MediaRecord(_resolve(root, rel, path, line), _kind_of(rel, kind), label=_label(label, path, line)))
     return records
 
 
@@ -560,7 +634,7 @@ def read_ucf101_split(path: Path, root: Path, *, class_index: str | os.PathLike 
         label = classes[class_name]
         if stated and _label(stated, path, line, offset=1) != label:
             raise AnnotationError(str(path), line, f"bad label {stated!r}: {class_name} is {label + 1} in {index_path.name}")
-        records.append(MediaRecord(_resolve(root, rel), "video", label=label, extra={"class_name": class_name}))
+        records.append(MediaRecord(_resolve(root, rel, path, line), "video", label=label, extra={"class_name": class_name}))
     return records
 
 
@@ -594,7 +668,8 @@ def read_hmdb51_split(path: Path, root: Path, *, fold: int = 1, subset: Literal[
                 raise AnnotationError(str(file), line, f"expected '<video> <0|1|2>', got {text!r}")
             if parts[1] == _HMDB_TAGS[subset]:
                 rel = os.path.join(class_name, parts[0])
-                records.append(MediaRecord(_resolve(root, rel), "video", label=label, extra={"class_name": class_name}))
+                media = _resolve(root, rel, file, line)
+                records.append(MediaRecord(media, "video", label=label, extra={"class_name": class_name}))
     return records
 
 

@@ -244,6 +244,8 @@ def _validate(cfg: DictConfig) -> None:
             "data.num_workers": 0,
             "data.worker_timeout": 0,
             "data.steps_per_epoch": 1,
+            "checkpoint.every_n_steps": 1,  # 0 would silently mean "at every epoch end", as null does
+            "checkpoint.keep": -1,
             "eval.batch_size": 1,
             "optim.lr": 0,
             "optim.weight_decay": 0,

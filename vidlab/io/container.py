@@ -39,6 +39,8 @@ _TEXT_CODECS = {"ansi"}
 
 def check_file(path: str | os.PathLike[str]) -> Path:
     """Fail fast, with a reason, on paths that cannot hold media: missing, a directory, or 0 bytes."""
+    if "\0" in os.fspath(path):  # no file has such a name; the OS calls would raise a bare ValueError
+        raise VideoReadError(path, Reason.MISSING, "NUL byte in the path")
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from vidlab.errors import VidlabError
+from vidlab.errors import VidlabError, one_line
 
 
 class Reason(str, Enum):
@@ -25,7 +25,7 @@ class VideoReadError(VidlabError):
         self.reason = Reason(reason)
         self.detail = detail
         msg = f"{self.path}: {self.reason.value}"
-        super().__init__(f"{msg} ({detail})" if detail else msg)
+        super().__init__(one_line(f"{msg} ({detail})" if detail else msg))
 
     def __reduce__(self):  # picklable across DataLoader worker processes
         return (type(self), (self.path, self.reason, self.detail))

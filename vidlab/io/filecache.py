@@ -35,7 +35,7 @@ def cached_per_file(
             nonlocal total
             try:
                 stat = os.stat(path)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL byte in the path
                 return fn(path)  # let `fn` report the missing file with its own error
             key = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
             with lock:
