@@ -144,6 +144,24 @@ def test_resume_auto_passes_over_checkpoints_a_full_disk_left_incomplete(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)  # from step 2, exactly
 
 
+def test_the_best_checkpoint_holds_weights_only_and_is_never_resumed(tmp_path, shapes_root, text_folder):
+    val = {"annotations": "annotations/captions_test.json"}
+    path = _config(tmp_path, shapes_root, text_folder, data={"val": val}, checkpoint={"every_n_steps": 2, "keep": 1, "monitor": "val/all/rsum"})
+    run = train(load_train_config(path, ["run_dir=" + str(tmp_path / "run")])).run_dir
+    checkpoints = run / "0-train" / "checkpoints"
+    (best,) = checkpoints.glob("best-step*.ckpt")
+    held = torch.load(best, weights_only=True)
+    assert "state_dict" in held and "optimizer_states" not in held
+    assert "optimizer_states" in torch.load(checkpoints / "last.ckpt", weights_only=True)
+    (checkpoints / "last.ckpt").unlink()
+    for periodic in checkpoints.glob("step*.ckpt"):
+        periodic.unlink()
+    (run / "0-train" / "model" / "model.safetensors").unlink()
+    best.touch()  # the newest file: still not a resume point
+    resumed = train(load_train_config(path, ["run_dir=" + str(run), "resume=auto"]))
+    assert resumed.run_dir == run and (run / "0-train" / "model" / "model.safetensors").is_file()
+
+
 def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path, shapes_root, text_folder):
     path = _config(tmp_path, shapes_root, text_folder)
     with pytest.raises(KeyboardInterrupt):

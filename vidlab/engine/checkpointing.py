@@ -29,6 +29,7 @@ from vidlab.files import TEMP_MARK, atomic_path
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"
+BEST = "best"  # best-stepNNNNNNN.ckpt: the monitored best, weights only (not resumable)
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 
 
@@ -131,6 +132,19 @@ class PeriodicCheckpoint(ModelCheckpoint):
             log.info("removed checkpoints after the resumed step %d: %s", after_step, ", ".join(p.name for p in abandoned))
 
 
+def describe_checkpoint(model: torch.nn.Module) -> str:
+    """What a resumable checkpoint of `model` holds and roughly weighs: the weights a checkpoint keeps (frozen parts
+    that are rebuilt from their source may be left out by the model) and AdamW's two moments per trained tensor."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    mib = 2**20
+    return (
+        f"checkpoints: step*/last/interrupted hold the weights ({weights / mib:.0f} MiB), AdamW's moments "
+        f"({moments / mib:.0f} MiB) and the loop, data and RNG state, all needed to resume exactly; "
+        f"{BEST}-step*.ckpt holds the weights only"
+    )
+
+
 def flush_loggers(trainer: pl.Trainer) -> None:
     """Write the loggers' buffered points to disk, so that every point up to a checkpoint survives a kill."""
     for logger in trainer.loggers:
@@ -141,11 +155,13 @@ def flush_loggers(trainer: pl.Trainer) -> None:
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BEST",
     "CheckpointWriteError",
     "INTERRUPTED",
     "PeriodicCheckpoint",
     "atomic_torch_save",
     "checkpoint_step",
+    "describe_checkpoint",
     "flush_loggers",
     "readable_checkpoint",
     "remove_stale_temporaries",

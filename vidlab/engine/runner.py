@@ -32,18 +32,20 @@ from vidlab.data.quality import BadSampleTracker
 from vidlab.data.workers import start_early
 from vidlab.engine import distributed
 from vidlab.engine.checkpointing import (
+    BEST,
     INTERRUPTED,
     AtomicCheckpointIO,
     CheckpointWriteError,
     PeriodicCheckpoint,
     checkpoint_step,
+    describe_checkpoint,
     readable_checkpoint,
     remove_stale_temporaries,
 )
 from vidlab.engine.config import Stage, load_train_config, resolve_stage_refs, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
 from vidlab.engine.module import VidlabModule
-from vidlab.engine.recipe import Recipe, get_recipe
+from vidlab.engine.recipe import EvalSet, Recipe, get_recipe
 from vidlab.errors import ConfigError, VidlabError
 from vidlab.files import write_text_atomic
 from vidlab.models.checkpoint import WEIGHTS_FILE, save_vidlab_checkpoint
@@ -114,7 +116,7 @@ def _newest_checkpoint(cfg: DictConfig, stages: list[Stage]) -> Path | None:
     base = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
     runs = [base] if cfg.run_dir else sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     for run in reversed(runs):
-        ckpts = [c for s in stages for c in (run / s.dirname / CHECKPOINT_DIR).glob("*.ckpt")]
+        ckpts = [c for s in stages for c in (run / s.dirname / CHECKPOINT_DIR).glob("*.ckpt") if not c.name.startswith(BEST)]
         for ckpt in sorted(ckpts, key=lambda c: (c.stat().st_mtime, c.name == f"{INTERRUPTED}.ckpt"), reverse=True):
             if readable_checkpoint(ckpt):
                 return ckpt
@@ -276,7 +278,8 @@ def build_trainer(
     if has_val and monitor:
         all_callbacks.append(
             ModelCheckpoint(
-                dirpath=ckpt_dir, filename="best-step{step:07d}", auto_insert_metric_name=False, monitor=monitor, mode=c.mode, save_top_k=1
+                dirpath=ckpt_dir, filename=f"{BEST}-step{{step:07d}}", auto_insert_metric_name=False, monitor=monitor, mode=c.mode,
+                save_top_k=1, save_weights_only=True,  # for evaluation: no optimizer state
             )
         )
     if c.save_on_exception:
@@ -322,15 +325,13 @@ def _module(recipe: Recipe, cfg: DictConfig, init_from: str | Path | None) -> tu
     return VidlabModule(recipe, model.train(), cfg), model_cfg
 
 
-def _attach_eval(module: VidlabModule, recipe: Recipe, splits: Sequence[str], rank: int, world: int, data: DictConfig) -> None:
-    for split in splits:
-        eval_set = recipe.eval_set(split)
-        if eval_set is not None:
-            module.eval_sets[split] = eval_set
-            module.eval_loaders[split] = eval_loader(
-                eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world,
-                num_workers=data.num_workers, worker_timeout=data.worker_timeout,
-            )
+def _attach_eval(module: VidlabModule, eval_sets: dict[str, EvalSet], rank: int, world: int, data: DictConfig) -> None:
+    for split, eval_set in eval_sets.items():
+        module.eval_sets[split] = eval_set
+        module.eval_loaders[split] = eval_loader(
+            eval_set.dataset, eval_set.batch_size, eval_set.collate, rank=rank, world_size=world,
+            num_workers=data.num_workers, worker_timeout=data.worker_timeout,
+        )
 
 
 def _fit(trainer: pl.Trainer, module: VidlabModule, ckpt: Path | None) -> None:
@@ -390,11 +391,12 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         recipe = get_recipe(scfg)
         start_early(scfg.data.num_workers)
         recipe.prepare_data()
-        module, model_cfg = _module(recipe, scfg, init_from)
-        train_sets = recipe.train_sets()
+        train_sets = recipe.train_sets()  # before the model: a bad annotation file fails before weights load
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
-        _attach_eval(module, recipe, splits, rank, world, scfg.data)
+        eval_sets = {split: eval_set for split in splits if (eval_set := recipe.eval_set(split)) is not None}
+        module, model_cfg = _module(recipe, scfg, init_from)
+        _attach_eval(module, eval_sets, rank, world, scfg.data)
         resuming = ckpt if stage.index == first_stage else None
         if rank == 0:
             remove_stale_temporaries(stage_dir / CHECKPOINT_DIR)
@@ -423,6 +425,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
                 print(f"run folder: {run_dir}")
             save_config(scfg, stage_dir / RUN_CONFIG)
             print(f"stage {stage.dirname}" + (f" (resuming {ckpt})" if ckpt and stage.index == first_stage else ""))
+            log.info("%s", describe_checkpoint(module.model))
         try:
             _fit(trainer, module, ckpt if stage.index == first_stage else None)
         finally:
@@ -531,12 +534,13 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     recipe = get_recipe(scfg)
     start_early(scfg.data.num_workers)
     recipe.prepare_data()
+    split = scfg.eval.split
+    eval_set = recipe.eval_set(split)  # before the model: a bad annotation file fails before weights load
+    if eval_set is None:
+        raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
     model, _ = recipe.build_model(load_checkpoint_weights(weights))
     module = VidlabModule(recipe, model.eval(), scfg)
-    split = scfg.eval.split
-    _attach_eval(module, recipe, [split], rank, world, scfg.data)
-    if split not in module.eval_loaders:
-        raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
+    _attach_eval(module, {split: eval_set}, rank, world, scfg.data)
     devices, num_nodes = _devices(scfg)
     trainer = _trainer(
         accelerator=scfg.trainer.accelerator,
