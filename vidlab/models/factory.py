@@ -225,7 +225,8 @@ def adopt_recorded(cfg: DictConfig, recorded: Mapping[str, Any], stated: DictCon
     starts from unless told otherwise. Logs what changed."""
     adopted = {k: v for k, v in recorded.items() if OmegaConf.select(stated, k) is None and OmegaConf.select(cfg, k) != v}
     if adopted:
-        logger.info("model sizes from %s: %s", source, adopted)
+        shown = ", ".join(k if isinstance(v, (Mapping, DictConfig)) else f"{k}={v}" for k, v in adopted.items())
+        logger.info("model sizes from %s: %s", source, shown)
         for key, value in adopted.items():
             OmegaConf.update(cfg, key, value, merge=False)
 
