@@ -21,7 +21,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vidlab.engine.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)  # config errors before Lightning is even imported
     from vidlab.engine.runner import train
 
-    train(load_train_config(args.config, args.overrides))
+    train(cfg)
     return 0
