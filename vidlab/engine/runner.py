@@ -29,11 +29,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
-from vidlab.data.workers import start_early
+from vidlab.data.workers import set_intra_op_threads, start_early
 from vidlab.engine import distributed
 from vidlab.engine.config import Stage, load_train_config, resolve_stage_refs, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
 from vidlab.engine.module import VidlabModule
+from vidlab.engine.progress import ProgressLines, filter_known_noise
 from vidlab.engine.recipe import Recipe, get_recipe
 from vidlab.errors import ConfigError, VidlabError
 from vidlab.models.checkpoint import WEIGHTS_FILE, save_vidlab_checkpoint
@@ -215,6 +216,7 @@ def _trainer(**kwargs: Any) -> pl.Trainer:
     fsdp = kwargs.get("strategy") == "fsdp" or type(kwargs.get("strategy")).__name__ == "FSDPStrategy"
     if fsdp and (kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())):
         raise ConfigError("trainer.strategy=fsdp needs GPUs (Lightning's FSDP runs on CUDA only); use ddp on CPUs")
+    filter_known_noise()
     try:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError) as e:
@@ -245,6 +247,7 @@ def build_trainer(
             save_last=True,
         ),
         *callbacks,
+        ProgressLines(cfg.logging.progress_every_s),
     ]
     loggers = _loggers(cfg, stage_dir)
     if loggers:
@@ -365,6 +368,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         pl.seed_everything(scfg.seed, workers=True, verbose=False)
         recipe = get_recipe(scfg)
         start_early(scfg.data.num_workers)
+        set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
         recipe.prepare_data()
         module, model_cfg = _module(recipe, scfg, init_from)
         train_sets = recipe.train_sets()
@@ -503,6 +507,7 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     rank, world = distributed.world()
     recipe = get_recipe(scfg)
     start_early(scfg.data.num_workers)
+    set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
     recipe.prepare_data()
     model, _ = recipe.build_model(load_checkpoint_weights(weights))
     module = VidlabModule(recipe, model.eval(), scfg)
