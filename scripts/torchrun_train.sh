@@ -13,14 +13,17 @@
 #
 # vidlab reads the world from torchrun's variables: trainer.devices=auto becomes NPROC_PER_NODE and
 # trainer.num_nodes NNODES. Batch sizes in the config are global (summed over all processes).
-# Add resume=auto to go on from the newest checkpoint after a crash.
+# Add resume=auto to go on from the newest checkpoint after a crash. Paths (CONFIG, data.root=, run_dir=) are
+# relative to the folder you run this from, as with `vidlab train`.
 set -euo pipefail
 usage="usage: $0 CONFIG NPROC_PER_NODE [KEY=VALUE ...]"
 CONFIG=${1:?$usage}
 NPROC=${2:?$usage}
 shift 2
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+# No cd: the paths given are the caller's. The repository's .venv, else python3 with the repository importable.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$NPROC" \
     --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \

@@ -36,3 +36,32 @@ def require_encoder():
 def shapesbench_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of ShapesBench `tiny` (seed 0): 40 clips, 16 images, every annotation file; made once per session."""
     return generate(tmp_path_factory.mktemp("shapesbench") / "tiny", "tiny", seed=0, progress=False)
+
+
+@pytest.fixture
+def evl_dummy_config(tmp_path: Path):
+    """`make(**sections)`: the path of a YAML config of the cheapest training run, EVL-tiny on random clips (no files,
+    no downloads; 2 epochs x 2 steps, a fine-tuned backbone so that every weight is in its checkpoints) writing into
+    tmp_path/runs; `sections` update top-level sections."""
+    import yaml
+
+    def make(**sections: dict) -> Path:
+        config: dict = {
+            "recipe": "evl",
+            "name": "evl_dummy",
+            "seed": 0,
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"base": "evl-tiny", "backbone": {"layers": 2, "freeze": False}},
+            "data": {"dummy": True, "dummy_samples": 8, "batch_size": 4, "num_workers": 0},
+            "trainer": {"accelerator": "cpu", "max_epochs": 2, "log_every_n_steps": 1},
+            "checkpoint": {"keep": 1},
+            "logging": {"tensorboard": False, "progress_bar": False},
+            "eval": {"after_train": False, "batch_size": 4, "spatial_views": 1, "temporal_views": 1},
+        }
+        for key, values in sections.items():
+            config[key] = {**config.get(key, {}), **values}
+        path = tmp_path / "evl_dummy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return make

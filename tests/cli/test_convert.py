@@ -1,4 +1,4 @@
-"""`vidlab convert`: official FiT checkpoint -> vidlab format -> create_model gives identical embeddings."""
+"""`vidlab convert`: official FiT checkpoint or a vidlab run's .ckpt -> vidlab format -> create_model gives identical outputs."""
 
 from __future__ import annotations
 
@@ -67,3 +67,33 @@ def test_convert_clip_torchscript_archive(tmp_path):
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.equal(converted.encode_image(images), direct.encode_image(images))
+
+
+def test_convert_takes_a_vidlab_training_checkpoint(evl_dummy_config, tmp_path, caplog, capsys):
+    from vidlab.engine.config import load_train_config
+    from vidlab.engine.runner import train
+
+    result = train(load_train_config(evl_dummy_config()))
+    checkpoints = result.stage_dirs[0] / "checkpoints"
+    with caplog.at_level("INFO"):
+        assert main(["convert", str(checkpoints / "last.ckpt"), str(tmp_path / "converted")]) == 0
+    assert "a vidlab training checkpoint" in caplog.text and "tensors loaded" in caplog.text  # the strict load's report
+    converted, final = create_model(checkpoint=tmp_path / "converted"), create_model(checkpoint=result.model_dir)
+    assert converted.state_dict().keys() == final.state_dict().keys()
+    clips = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(converted(clips), final(clips))
+    # a periodic checkpoint: its own tensors, under the model's names
+    periodic = next(checkpoints.glob("step*.ckpt"))
+    assert main(["convert", str(periodic), str(tmp_path / "periodic")]) == 0
+    saved = torch.load(periodic, weights_only=True)["state_dict"]
+    for name, tensor in create_model(checkpoint=tmp_path / "periodic").state_dict().items():
+        assert torch.equal(tensor, saved[f"model.{name}"]), name
+    # away from its run, the checkpoint has no config to rebuild its model from: one line says so
+    alone = tmp_path / "alone" / "x" / "last.ckpt"
+    alone.parent.mkdir(parents=True)
+    (checkpoints / "last.ckpt").rename(alone)
+    capsys.readouterr()
+    assert main(["convert", str(alone), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "a vidlab training checkpoint, but no" in err and "config.yaml" in err

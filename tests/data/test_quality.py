@@ -9,11 +9,14 @@ import torch
 from _data_fixtures import MediaFolder, build_media_folder, noisy
 from torch.utils.data import DataLoader
 
-from vidlab.data.datasets import VideoLabelDataset, collate_samples
+from vidlab.data.datasets import CHECK_HINT, VideoLabelDataset, collate_samples
 from vidlab.data.formats import MediaRecord
 from vidlab.data.quality import BadSample, BadSampleError, BadSampleTracker, check_media
 from vidlab.data.workers import loader_kwargs
+from vidlab.io import probe, read_frames
+from vidlab.io.index import frame_index
 from vidlab.io.sampling import make_sampler
+from vidlab.testing.media import make_truncated
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,24 @@ def test_raise_policy_stops_at_the_first_bad_file_with_a_one_line_typed_error(me
     ds = mixed_dataset(media, bad_samples="raise")
     with pytest.raises(BadSampleError) as info:
         run_epochs(ds, BadSampleTracker(), workers)
-    assert str(info.value) == f"{media.bad['missing']}: missing"
+    assert str(info.value) == f"{media.bad['missing']}: missing; {CHECK_HINT}"
+
+
+def test_evaluation_of_a_truncated_file_names_the_frames_it_has_in_one_line(tmp_path):
+    """The README's promise: a truncated file serves the frames it has to read_frames, and to a dataset it is a bad
+    sample (evaluation samples over the header's count) whose error says so and how to find the others."""
+    truncated = str(make_truncated(tmp_path / "cut.mp4", num_frames=60, gop=10, keep_fraction=0.5))
+    readable = frame_index(truncated).num_frames
+    assert 0 < readable < probe(truncated).num_frames
+    assert read_frames(truncated, list(range(readable))).shape[0] == readable
+    sampler = make_sampler("fit_uniform", num_frames=4)  # the last of 4 segments lies past the readable frames
+    ds = VideoLabelDataset([MediaRecord(truncated, label=0)], sampler, num_frames=4, bad_samples="raise")
+    with pytest.raises(BadSampleError) as info:
+        ds[0]
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{truncated}: corrupt")
+    assert f"only {readable} of the header's {probe(truncated).num_frames} frames can be read" in message
+    assert message.endswith(CHECK_HINT)
 
 
 def test_all_attempts_failing_is_an_error(media):

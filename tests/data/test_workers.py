@@ -18,7 +18,18 @@ import torch
 from _data_fixtures import build_media_folder
 from torch.utils.data import DataLoader, Dataset
 
-from vidlab.data.workers import START_ENV, WorkerError, loader_kwargs, map_in_workers, start_method, worker_context
+from vidlab.data import workers
+from vidlab.data.workers import (
+    START_ENV,
+    THREADS_ENV,
+    WorkerError,
+    intra_op_threads,
+    loader_kwargs,
+    map_in_workers,
+    set_intra_op_threads,
+    start_method,
+    worker_context,
+)
 from vidlab.errors import ConfigError
 from vidlab.io import read_frames
 
@@ -169,3 +180,32 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has ended
+
+
+def test_intra_op_threads_leave_the_loader_workers_their_cores(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(workers, "available_cores", lambda: 8)
+    assert [intra_op_threads(n)[0] for n in (0, 1, 2, 3, 8)] == [8, 4, 2, 2, 1]
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    assert intra_op_threads(2) == (1, "2 cores, 2 loader workers")
+    monkeypatch.setenv(THREADS_ENV, "3")  # the user's (or torchrun's) choice
+    assert intra_op_threads(2) == (3, THREADS_ENV)
+    assert intra_op_threads(2, configured=2) == (2, "trainer.threads")
+
+
+def test_set_intra_op_threads_sets_torch_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    monkeypatch.setattr(workers, "_announced_threads", None)
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("INFO", logger="vidlab.data.workers"):
+            assert set_intra_op_threads(2) == 1 and torch.get_num_threads() == 1
+            set_intra_op_threads(2)
+            assert set_intra_op_threads(0) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [r.getMessage() for r in caplog.records] == [
+        "PyTorch intra-op threads: 1 (2 cores, 2 loader workers)",
+        "PyTorch intra-op threads: 2 (2 cores, 0 loader workers)",
+    ]

@@ -207,6 +207,9 @@ def read_sample(
     return {**record.extra, **target_fields(record, rng, target, caption_mode), **clip, "path": record.path}
 
 
+CHECK_HINT = "`vidlab data check` lists every file of an annotation that cannot serve samples"
+
+
 class MediaDataset(Dataset):
     """Records -> `{video, frame_mask, index, path, bad_samples, **record.extra}`; subclasses add targets.
 
@@ -268,8 +271,8 @@ class MediaDataset(Dataset):
                 sample = read_sample(self.reader, record.path, record, key, self.target, self.caption_mode)
             except BAD_SAMPLE_ERRORS as e:
                 failure = BadSample.from_error(record.path, e)
-                if self.policy is BadSamplePolicy.RAISE:
-                    raise BadSampleError(f"{failure.path}: {failure.reason}") from e
+                if self.policy is BadSamplePolicy.RAISE:  # evaluation stops at one file: say how to list the others
+                    raise BadSampleError(f"{failure.path}: {failure.reason}; {CHECK_HINT}") from e
                 bad.append(failure)
                 continue
             return {**sample, "index": current, BAD_SAMPLES_KEY: bad}

@@ -21,6 +21,7 @@ guard, since each worker imports the caller's main module.
 from __future__ import annotations
 
 import faulthandler
+import logging
 import multiprocessing
 import os
 import signal
@@ -36,10 +37,13 @@ from typing import Any, TypeVar
 
 from vidlab.errors import ConfigError, VidlabError
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 START_ENV = "VIDLAB_WORKER_START"
+THREADS_ENV = "OMP_NUM_THREADS"
 START_METHODS = ("forkserver", "spawn", "fork")
 STACKS_SIGNAL = getattr(signal, "SIGUSR1", None)  # none on Windows
 # Imported once by the fork server, so a worker starts without importing them again.
@@ -121,6 +125,44 @@ def start_early(num_workers: int) -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM or container allotment), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def intra_op_threads(num_workers: int, configured: int | None = None) -> tuple[int, str]:
+    """PyTorch intra-op threads for a process fed by `num_workers` loader workers, and where the number comes from.
+
+    PyTorch's default, one thread per core, competes with the workers (each decodes on about one core), and threads
+    that wait for a core slow every operator down: the process takes the cores the workers leave,
+    max(1, cores // (1 + num_workers)). `configured` (trainer.threads) comes first, then `OMP_NUM_THREADS` (which
+    torchrun sets to 1 when it starts several processes)."""
+    if configured is not None:
+        return configured, "trainer.threads"
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), THREADS_ENV
+    cores = available_cores()
+    return max(1, cores // (1 + num_workers)), f"{cores} cores, {num_workers} loader workers"
+
+
+_announced_threads: tuple[int, str] | None = None
+
+
+def set_intra_op_threads(num_workers: int, configured: int | None = None) -> int:
+    """Give PyTorch `intra_op_threads`, and log it once (again only when the number or its reason changes)."""
+    import torch
+
+    global _announced_threads
+    threads, source = intra_op_threads(num_workers, configured)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if _announced_threads != (threads, source):
+        log.info("PyTorch intra-op threads: %d (%s)", threads, source)
+        _announced_threads = (threads, source)
+    return threads
 
 
 def loader_kwargs(num_workers: int) -> dict[str, Any]:

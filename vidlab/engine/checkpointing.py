@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
+from torch import Tensor, nn
 
-from vidlab.errors import VidlabError
+from vidlab.engine.config import load_train_config, resolve_stages
+from vidlab.engine.module import CHECKPOINT_KEY
+from vidlab.engine.recipe import get_recipe
+from vidlab.errors import ConfigError, VidlabError
 from vidlab.files import TEMP_MARK, atomic_path
+from vidlab.models.checkpoint import load_pickled_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +161,48 @@ def flush_loggers(trainer: pl.Trainer) -> None:
             experiment.flush()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Reading: the model inside a training checkpoint, rebuilt the way its run built it (`vidlab eval CKPT`, `convert`)
+
+MODULE_PREFIX = "model."  # VidlabModule holds the recipe's model as `self.model`
+STAGE_CONFIG = "config.yaml"
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Tensor] | None:
+    """The model's tensors (without `model.`) when `path` is a vidlab training checkpoint, else None (another format).
+
+    Read as data only: `weights_only=True`, or vidlab's restricted unpickler for a checkpoint holding objects that
+    `weights_only` refuses (a callback's state); neither runs pickled code."""
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):
+        obj = load_pickled_checkpoint(path)
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
+        return None
+    ours = CHECKPOINT_KEY in obj or ("pytorch-lightning_version" in obj and all(str(k).startswith(MODULE_PREFIX) for k in obj["state_dict"]))
+    if not ours:  # e.g. another Lightning project's checkpoint
+        return None
+    return {k.removeprefix(MODULE_PREFIX): v for k, v in obj["state_dict"].items()}
+
+
+def stage_config(path: Path) -> DictConfig:
+    """The config the checkpoint's stage ran with: RUN/I-STAGE/config.yaml for RUN/I-STAGE/checkpoints/X.ckpt."""
+    config = path.resolve().parent.parent / STAGE_CONFIG
+    if not config.is_file():
+        raise ConfigError(f"{path}: a vidlab training checkpoint, but no {config} (its stage's config) to rebuild its model from")
+    log.info("%s: a vidlab training checkpoint, its model as %s configures it", path, config)
+    return resolve_stages(load_train_config(config))[-1].config
+
+
+def build_from_training_checkpoint(path: Path, tensors: Mapping[str, Tensor]) -> tuple[nn.Module, DictConfig]:
+    """(model, model config) of the checkpoint's stage, its weights loaded strictly (the load report is logged)."""
+    return get_recipe(stage_config(path)).build_model(tensors)
+
+
 __all__ = [
+    "build_from_training_checkpoint",
+    "read_training_checkpoint",
+    "stage_config",
     "AtomicCheckpointIO",
     "BEST",
     "CheckpointWriteError",

@@ -44,6 +44,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     # deterministic kernels: None = on when the run is on the CPU (same config + seed -> same weights), off on GPUs
     deterministic: bool | None = None
+    # PyTorch's intra-op threads per training process; None: OMP_NUM_THREADS when set, else the cores left after
+    # data.num_workers loader workers (vidlab.data.workers.intra_op_threads)
+    threads: int | None = None
 
 
 @dataclass
@@ -94,6 +97,9 @@ class LoggingConfig:
     wandb: bool = False  # needs the wandb package
     wandb_project: str | None = None
     progress_bar: bool = True
+    # where no progress bar is seen (stdout not a terminal, or progress_bar off): a progress line every N s, and at
+    # every epoch end (vidlab.engine.progress); 0: at epoch ends only
+    progress_every_s: float = 30.0
 
 
 @dataclass
@@ -241,6 +247,8 @@ def _validate(cfg: DictConfig) -> None:
         {
             "trainer.log_every_n_steps": 1,
             "trainer.check_val_every_n_epoch": 1,
+            "trainer.threads": 1,
+            "logging.progress_every_s": 0,
             "data.num_workers": 0,
             "data.worker_timeout": 0,
             "data.steps_per_epoch": 1,

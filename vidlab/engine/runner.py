@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vidlab.config import save_config
 from vidlab.data.quality import BadSampleTracker
-from vidlab.data.workers import start_early
+from vidlab.data.workers import set_intra_op_threads, start_early
 from vidlab.engine import distributed
 from vidlab.engine.checkpointing import (
     BEST,
@@ -39,12 +39,14 @@ from vidlab.engine.checkpointing import (
     PeriodicCheckpoint,
     checkpoint_step,
     describe_checkpoint,
+    read_training_checkpoint,
     readable_checkpoint,
     remove_stale_temporaries,
 )
 from vidlab.engine.config import Stage, load_train_config, resolve_stage_refs, resolve_stages
 from vidlab.engine.data import ResumableTrainLoader, eval_loader
 from vidlab.engine.module import VidlabModule
+from vidlab.engine.progress import ProgressLines, filter_known_noise
 from vidlab.engine.recipe import EvalSet, Recipe, get_recipe
 from vidlab.errors import ConfigError, VidlabError
 from vidlab.files import write_text_atomic
@@ -253,6 +255,7 @@ def _trainer(**kwargs: Any) -> pl.Trainer:
     fsdp = kwargs.get("strategy") == "fsdp" or type(kwargs.get("strategy")).__name__ == "FSDPStrategy"
     if fsdp and (kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())):
         raise ConfigError("trainer.strategy=fsdp needs GPUs (Lightning's FSDP runs on CUDA only); use ddp on CPUs")
+    filter_known_noise()
     try:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError) as e:
@@ -270,7 +273,11 @@ def build_trainer(
     """The Lightning Trainer of one stage (checkpoints, logs, precision, clipping, accumulation)."""
     t, c = cfg.trainer, cfg.checkpoint
     ckpt_dir = stage_dir / CHECKPOINT_DIR
-    all_callbacks: list[Callback] = [PeriodicCheckpoint(ckpt_dir, c.keep, c.every_n_steps), *callbacks]
+    all_callbacks: list[Callback] = [
+        PeriodicCheckpoint(ckpt_dir, c.keep, c.every_n_steps),
+        *callbacks,
+        ProgressLines(cfg.logging.progress_every_s),
+    ]
     loggers = _loggers(cfg, stage_dir, resumed_step)
     if loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -390,6 +397,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         pl.seed_everything(scfg.seed, workers=True, verbose=False)
         recipe = get_recipe(scfg)
         start_early(scfg.data.num_workers)
+        set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
         recipe.prepare_data()
         train_sets = recipe.train_sets()  # before the model: a bad annotation file fails before weights load
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
@@ -516,8 +524,10 @@ def load_checkpoint_weights(path: Path | None) -> str | dict[str, torch.Tensor] 
     code runs) the model's tensors without the module's 'model.' prefix."""
     if path is None or path.suffix != ".ckpt":
         return str(path) if path else None
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return {k.removeprefix("model."): v for k, v in state.items()}
+    tensors = read_training_checkpoint(path)
+    if tensors is None:
+        raise ConfigError(f"{path}: not a vidlab training checkpoint (pass a model folder or an official checkpoint)")
+    return tensors
 
 
 def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
@@ -533,6 +543,7 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     rank, world = distributed.world()
     recipe = get_recipe(scfg)
     start_early(scfg.data.num_workers)
+    set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
     recipe.prepare_data()
     split = scfg.eval.split
     eval_set = recipe.eval_set(split)  # before the model: a bad annotation file fails before weights load
