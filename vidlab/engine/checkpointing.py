@@ -51,7 +51,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         with atomic_path(path) as temp:
             torch.save(obj, temp)
     except OSError as e:
-        raise CheckpointWriteError(f"checkpoint {path} not written ({e.strerror or e}); the older checkpoints are intact") from None
+        reason = e.strerror or e
+        raise CheckpointWriteError(f"checkpoint {path} not written ({reason}); the older checkpoints are intact") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -179,7 +180,8 @@ def read_training_checkpoint(path: Path) -> dict[str, Tensor] | None:
         obj = load_pickled_checkpoint(path)
     if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
         return None
-    ours = CHECKPOINT_KEY in obj or ("pytorch-lightning_version" in obj and all(str(k).startswith(MODULE_PREFIX) for k in obj["state_dict"]))
+    prefixed = all(str(k).startswith(MODULE_PREFIX) for k in obj["state_dict"])
+    ours = CHECKPOINT_KEY in obj or ("pytorch-lightning_version" in obj and prefixed)
     if not ours:  # e.g. another Lightning project's checkpoint
         return None
     return {k.removeprefix(MODULE_PREFIX): v for k, v in obj["state_dict"].items()}
