@@ -399,11 +399,11 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         start_early(scfg.data.num_workers)
         set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
         recipe.prepare_data()
-        train_sets = recipe.train_sets()  # before the model: a bad annotation file fails before weights load
+        module, model_cfg = _module(recipe, scfg, init_from)  # first: the datasets follow the built model's config
+        train_sets = recipe.train_sets()
         evaluates = scfg.eval.after_train and (stage is last or scfg.eval.every_stage)
         splits = ["val"] + ([scfg.eval.split] if evaluates else [])
         eval_sets = {split: eval_set for split in splits if (eval_set := recipe.eval_set(split)) is not None}
-        module, model_cfg = _module(recipe, scfg, init_from)
         _attach_eval(module, eval_sets, rank, world, scfg.data)
         resuming = ckpt if stage.index == first_stage else None
         if rank == 0:
@@ -546,11 +546,13 @@ def evaluate(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, flo
     set_intra_op_threads(scfg.data.num_workers, scfg.trainer.threads)
     recipe.prepare_data()
     split = scfg.eval.split
-    eval_set = recipe.eval_set(split)  # before the model: a bad annotation file fails before weights load
+    if scfg.data.get(split) is None and not scfg.data.get("dummy"):
+        raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
+    model, _ = recipe.build_model(load_checkpoint_weights(weights))  # first: the dataset follows the model's config
+    module = VidlabModule(recipe, model.eval(), scfg)
+    eval_set = recipe.eval_set(split)
     if eval_set is None:
         raise ConfigError(f"eval.split={split!r}: the config has no data.{split} set")
-    model, _ = recipe.build_model(load_checkpoint_weights(weights))
-    module = VidlabModule(recipe, model.eval(), scfg)
     _attach_eval(module, {split: eval_set}, rank, world, scfg.data)
     devices, num_nodes = _devices(scfg)
     trainer = _trainer(
