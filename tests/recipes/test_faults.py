@@ -84,3 +84,48 @@ def test_killed_at_a_random_step_and_during_a_checkpoint_write_resumes_exactly(r
     # every step logged once, with the straight run's values, although steps after a checkpoint ran twice
     straight_curve = loss_curve(next(straight.run_dir.glob("*-*")) / "tensorboard")
     assert loss_curve(stage / "tensorboard") == straight_curve and len(straight_curve) == steps
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A size-limited tmpfs (root only); yields (mount point, resize(bytes))."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("a full-disk test mounts a size-limited tmpfs, which needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs")
+
+    def resize(size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+
+    try:
+        yield mount, resize
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_training_with_one_line_and_loses_nothing(shapes_root, folders, tmp_path, small_disk):
+    from vidlab.engine.checkpointing import CheckpointWriteError, readable_checkpoint
+
+    mount, resize = small_disk
+    config, _ = _config("fit", shapes_root, folders, tmp_path)
+    every_step = ["checkpoint.keep=-1", "logging.tensorboard=false"]
+    straight = train(load_train_config(config, [f"run_dir={tmp_path / 'straight'}", *every_step]))
+    checkpoint_bytes = max(p.stat().st_size for p in (straight.run_dir / "0-train" / "checkpoints").glob("step*.ckpt"))
+    resize(int(2.5 * checkpoint_bytes) + 2**20)  # room for two checkpoints and the configs
+    run_dir = mount / "run"
+    with pytest.raises(CheckpointWriteError) as full:
+        train(load_train_config(config, [f"run_dir={run_dir}", *every_step]))
+    assert "No space left on device" in str(full.value) and "\n" not in str(full.value)
+    checkpoints = run_dir / "0-train" / "checkpoints"
+    written = list(checkpoints.glob("*.ckpt"))
+    assert written and all(readable_checkpoint(p) for p in written)  # what is there is complete
+    assert not list(checkpoints.glob(".*.tmp-*"))  # and no half-written temporary is left
+
+    resize(256 * 2**20)  # space freed
+    resumed = train(load_train_config(config, [f"run_dir={run_dir}", "resume=auto", *every_step]))
+    a, b = read_weights(straight.model_dir), read_weights(resumed.model_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

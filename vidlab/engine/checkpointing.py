@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,12 +48,14 @@ class CheckpointWriteError(VidlabError):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save(obj, path)` through `vidlab.files.atomic_path`; a failed write is a one-line error."""
+    """`torch.save(obj, path)` through `vidlab.files.atomic_path`; a failed write is a one-line error (torch's zip
+    writer reports a full disk as a bare RuntimeError, so the free space names the cause)."""
     try:
-        with atomic_path(path) as temp:
-            torch.save(obj, temp)
-    except OSError as e:
-        reason = e.strerror or e
+        with atomic_path(path) as temp, open(temp, "wb") as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(path.parent).free < 2**20
+        reason = "No space left on device" if full else (getattr(e, "strerror", None) or str(e).splitlines()[0])
         raise CheckpointWriteError(f"checkpoint {path} not written ({reason}); the older checkpoints are intact") from None
 
 
