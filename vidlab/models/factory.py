@@ -47,6 +47,8 @@ FAMILY_MODULES = (
     "vidlab.models.clip_weights",
     "vidlab.models.evl",
     "vidlab.models.singularity",
+    "vidlab.models.vimpac",
+    "vidlab.models.dalle_encoder",
 )
 
 
