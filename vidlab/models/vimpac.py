@@ -23,7 +23,6 @@ Parameter names are the official ones (`backbone.*`, `mlm_head.*`), except the h
 
 from __future__ import annotations
 
-import logging
 import math
 import shlex
 from collections import OrderedDict
@@ -50,8 +49,6 @@ from vidlab.models.checkpoint import (
 from vidlab.models.errors import CheckpointError, ModelInputError
 from vidlab.models.factory import ModelFamily, register_checkpoint_format, register_family, typed_model_config
 from vidlab.models.layers import check_drop_rates
-
-logger = logging.getLogger(__name__)
 
 FAMILY = "vimpac"
 NUM_SPECIAL_TOKENS = 5  # ids vocab_size .. vocab_size + 4; the official code uses [PAD] = +1 and [MASK] = +4
