@@ -168,14 +168,27 @@ def _loss_and_masking_outputs(cfg: Any, tensors: Mapping[str, Tensor]) -> Output
     return computed
 
 
+def _head_args_of(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The heads' official arguments read off the case's weights, for a case whose `cli_equivalent` does not
+    state them (pretrain.py hard-codes the heads' composition, not their sizes)."""
+    args: dict[str, Any] = {"mlm_weight": 1.0 if "mlm_head.bias" in state else 0.0}
+    linears = [k for k in state if re.fullmatch(r"cls_head\.mlp\.linear_\d+\.weight", k)]
+    if not linears:
+        return {**args, "nce_weight": 0.0}
+    args.update(nce_proj_layers=len(linears), nce_bn_after_proj=f"cls_head.mlp.bn_{len(linears) - 1}.weight" in state)
+    if len(linears) > 1:
+        args["nce_proj_hid_dim"] = int(state["cls_head.mlp.linear_0.weight"].shape[0])
+    return args
+
+
 def check_vimpac_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], folder: Path) -> None:
     atol, rtol = _tolerance(spec)
     found = Mismatches(spec.get("case", "vimpac"))
     constructor = spec["constructor"]
     layout_kwargs = constructor["TransformerLayout_kwargs"]
-    args = official_cli_args(constructor.get("cli_equivalent", ""))
-    cfg = vimpac_config_from_official(args, layout_kwargs)
     state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    args = {**_head_args_of(state), **official_cli_args(constructor.get("cli_equivalent", ""))}
+    cfg = vimpac_config_from_official(args, layout_kwargs)
     for alias, original in _TIED_ALIASES.items():
         state.setdefault(alias, state[original])
     sources: dict[str, Any] = {"state_dict tensors": state}
