@@ -53,6 +53,17 @@ def test_token_frames_equal_the_official_ffmpeg_chain(media, source, crop, hflip
     assert normalized.shape == (frames.shape[0], 3, *frames.shape[1:3]) and normalized.min() >= -1
 
 
+def test_scaled_reading_of_a_rotated_video_has_the_displayed_orientation(media):
+    path = media.video("tokens_rot90.mp4", num_frames=4, size=(64, 48), rotation=90)
+    full = read_frames(path, range(4))
+    scaled = read_frames(path, range(4), size=(40, 30))
+    assert full.shape == (4, 64, 48, 3) and scaled.shape == (4, 40, 30, 3)
+    reference = torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=(40, 30), mode="area")
+    wrong_way = torch.nn.functional.interpolate(full.flip(1, 2).permute(0, 3, 1, 2).float(), size=(40, 30), mode="area")
+    error = (scaled.permute(0, 3, 1, 2).float() - reference).abs().mean()
+    assert error < (scaled.permute(0, 3, 1, 2).float() - wrong_way).abs().mean() / 2
+
+
 def test_crop_rule_applies_the_offset_factor_to_both_axes():
     assert resize_dims(48, 64, 40) == (40, 53) and resize_dims(64, 48, 40) == (53, 40)
     assert [crop_origin(40, 53, 32, c) for c in ("top", "center", "bottom")] == [(0, 0), (10, 4), (21, 8)]

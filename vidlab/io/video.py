@@ -89,9 +89,10 @@ def read_frames(
 
     Index `i` is the frame with the i-th smallest presentation timestamp. Unsorted and repeated
     indices are fine; each distinct frame is decoded once. `backend` (else env
-    `VIDLAB_VIDEO_BACKEND`, else "pyav") picks the decoder. `size` = (height, width) scales the frames
-    with FFmpeg's bicubic scaler; the pyav backend does it while converting to RGB, exactly as
-    `ffmpeg -vf scale=W:H -pix_fmt rgb24` does (other backends scale the RGB frames after decoding).
+    `VIDLAB_VIDEO_BACKEND`, else "pyav") picks the decoder. `size` = (height, width) of the displayed
+    frames scales them with FFmpeg's bicubic scaler; the pyav backend does it while converting to RGB, for a
+    video without display rotation exactly as `ffmpeg -vf scale=W:H -pix_fmt rgb24` does (a rotated video is
+    scaled before it is turned, the CLI turns first; other backends scale the RGB frames after decoding).
     """
     path = os.fspath(path)
     info = probe(path)
