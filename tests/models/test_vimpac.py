@@ -307,6 +307,21 @@ def test_official_arguments_give_the_paper_sizes():
     assert large == model_config("vimpac-large-half")
 
 
+def test_official_snapshot_folder_loads_with_its_args_pickle():
+    folder = GOLDEN_DIR / "files" / "vimpac_model" / "last"
+    if not (folder / "args.pickle").is_file():
+        pytest.skip(f"golden VIMPAC snapshot not found under {GOLDEN_DIR}")
+    with pytest.raises(ConfigError, match="must split into 2 parallel attentions"):  # heads = 64 // 64 = 1
+        create_model(checkpoint=folder)
+    created = create_model_with_report(checkpoint=folder, heads=2)  # the tiny case's heads (see its heads_note)
+    assert created.config.layout == "T,H|W" and created.config.nce.hidden_dim == 128
+    assert created.report.ok and created.report.ignored == ["mlm_head.decoder.weight", "mlm_head.decoder.bias"]
+    tensors = load_file(str(GOLDEN_DIR / "vimpac_model.safetensors"))
+    with torch.no_grad():
+        cls, _ = created.model.encode(tensors["input.codes"])
+    torch.testing.assert_close(cls, tensors["output.cls"], atol=2e-5, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Masking and the contrastive loss
 

@@ -4,7 +4,7 @@
   official arguments (`cli_equivalent` + the TransformerLayout arguments) through `vimpac_config_from_official`
   and loaded through `create_model` from the case's `state_dict.*` (an official in-memory `classifier.pt`, the
   tied alias added back as a real checkpoint holds it) and, where `files/files.json` lists one, from the official
-  snapshot folder (with and without its `args.pickle`). Checked: [CLS], token states, MLM logits at the [MASK]
+  `classifier.pt` and its snapshot folder (whose `args.pickle` must give the same architecture). Checked: [CLS], token states, MLM logits at the [MASK]
   positions and their argmax everywhere (exact), the NCE projection, mean pooling, the positional table; the
   positional-table interpolation into another grid (`interpolation`), the seeded block / i.i.d. / 80-10-10 masks
   (`output.masking.<input>.mask_3d[_rand_replace]_{blocks<n>|uniform<ratio*1000>}_[torch]seed<s>.*`) and the NCE
@@ -34,7 +34,7 @@ from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches
 from vidlab.io import probe, read_frames
 from vidlab.losses import nt_xent_loss
 from vidlab.losses.block_masking import mask_token_grid
-from vidlab.models import create_model
+from vidlab.models import create_model, create_model_with_report
 from vidlab.models.dalle_encoder import DalleEncoder, dalle_encoder_config_from_state_dict, map_pixels, unmap_pixels
 from vidlab.models.factory import apply_overrides, model_config
 from vidlab.models.vimpac import (
@@ -42,7 +42,6 @@ from vidlab.models.vimpac import (
     mask_token_id,
     official_cli_args,
     pad_token_id,
-    read_official_snapshot,
     vimpac_config_from_official,
 )
 
@@ -196,10 +195,9 @@ def check_vimpac_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], f
     snapshot = next((p.parent for name, p in files.items() if name.endswith("classifier.pt")), None)
     if snapshot is not None:
         sources["official classifier.pt"] = snapshot / "classifier.pt"
-        sources["official snapshot folder"] = read_official_snapshot(snapshot)
-        recorded = vimpac_config_from_official(
-            sources["official snapshot folder"]["args"], {"heads": layout_kwargs["heads"]}
-        )
+        sources["official snapshot folder"] = snapshot
+        # the architecture from args.pickle alone (heads: see the case's heads_note)
+        recorded = create_model_with_report(checkpoint=snapshot, heads=layout_kwargs["heads"]).config
         found.expect(recorded == cfg, f"args.pickle gives {dict(recorded)}, the case's constructor {dict(cfg)}")
     for label, checkpoint in sources.items():
         model = create_model(cfg, checkpoint=checkpoint)

@@ -17,8 +17,9 @@ a transformer over a video's discrete tokens (B, T, H, W), exactly as the offici
 
 Parameter names are the official ones (`backbone.*`, `mlm_head.*`), except the heads the official code names
 `cls_head` (here `nce_head`) and `cls_fc` (here `head`) and the tied `mlm_head.decoder` (not stored twice):
-`OFFICIAL_VIMPAC_KEY_MAP` converts official `classifier.pt` files, `read_official_snapshot` reads a whole
-`snap/.../last/` folder (`args.pickle` gives the architecture). Deviations are in docs/deviations.md.
+`OFFICIAL_VIMPAC_KEY_MAP` converts official `classifier.pt` files; a whole `snap/.../last/` folder loads with
+`create_model(checkpoint=folder)` (`args.pickle` gives the architecture, heads = hid_dim // 64 as the official
+trainers derive them). Deviations are in docs/deviations.md.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ from vidlab.models.checkpoint import (
     load_restricted_pickle,
 )
 from vidlab.models.errors import CheckpointError, ModelInputError
-from vidlab.models.factory import ModelFamily, register_checkpoint_format, register_family, typed_model_config
+from vidlab.models.factory import (
+    ModelFamily,
+    register_checkpoint_format,
+    register_family,
+    register_folder_reader,
+    typed_model_config,
+)
 from vidlab.models.layers import check_drop_rates
 
 FAMILY = "vimpac"
@@ -600,7 +607,7 @@ def convert_official_vimpac_checkpoint(obj: Any, cfg: DictConfig | None) -> tupl
         if not isinstance(args, Mapping):
             raise CheckpointError(
                 "VIMPAC classifier.pt",
-                "records no architecture: pass the model config, or the snapshot folder through read_official_snapshot",
+                "records no architecture: pass the snapshot folder (it holds args.pickle) or the model config",
             )
         fine_tuned = "cls_fc.weight" in state
         cfg = vimpac_config_from_official(args, num_classes=int(state["cls_fc.weight"].shape[0]) if fine_tuned else 0)
@@ -616,6 +623,13 @@ def convert_official_vimpac_checkpoint(obj: Any, cfg: DictConfig | None) -> tupl
 def vimpac_allowed_missing(cfg: DictConfig) -> tuple[str, ...]:
     """A fine-tuning classifier starts at zero when its checkpoint is a pre-training one (official finetune.py)."""
     return (r"head\.(weight|bias)",) if cfg.num_classes > 0 else ()
+
+
+def snapshot_folder_reader(folder: Path) -> dict[str, Any] | None:
+    """`read_official_snapshot` for `create_model(checkpoint=folder)`; None for any other folder."""
+    if (folder / "classifier.pt").is_file() and (folder / "args.pickle").is_file():
+        return read_official_snapshot(folder)
+    return None
 
 
 def read_official_snapshot(folder: str | Path) -> dict[str, Any]:
@@ -648,6 +662,7 @@ register_family(
 register_checkpoint_format(
     "vimpac (official classifier.pt)", is_official_vimpac_checkpoint, convert_official_vimpac_checkpoint
 )
+register_folder_reader(snapshot_folder_reader)
 
 __all__ = [
     "Vimpac",
