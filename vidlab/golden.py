@@ -170,7 +170,7 @@ FAMILIES: dict[str, Union[str, Pending]] = {
     "clip_visual": "clip:check_clip_visual",
     "evl": "clip:check_evl",
     "singularity": "singularity:check_singularity",
-    "vimpac": Pending(),
+    "vimpac": "vimpac:check_vimpac",
     "gdt": Pending(),
     "stica": Pending(),
 }

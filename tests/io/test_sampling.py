@@ -186,6 +186,7 @@ def test_every_registered_name_builds_and_returns_in_range_int64_views():
     params = {
         "fit_sliding_window": {"num_frames": 4, "stride": 1},
         "singularity_fps": {"output_fps": 2.0},
+        "ffmpeg_fps": {"output_fps": 2.0},
         "fixed_fps": {"num_frames": 4, "target_fps": 10.0},
         "evl_eval": {"num_frames": 4, "num_views": 3},
         "uniform_views": {"num_frames": 4, "num_views": 2},
@@ -193,7 +194,7 @@ def test_every_registered_name_builds_and_returns_in_range_int64_views():
     for name in SAMPLERS:
         sampler = make_sampler(name, **params.get(name, {"num_frames": 4}))
         for vlen in (1, 2, 7, 100):
-            if name == "singularity_fps" and vlen < 8:
+            if name in ("singularity_fps", "ffmpeg_fps") and vlen < 8:
                 continue  # shorter than a quarter second at 30 fps: no frame time (tested above)
             views = sampler(vlen, 30.0, np.random.default_rng(0))
             assert views and all(v.dtype == np.int64 and v.min() >= 0 and v.max() < vlen for v in views)

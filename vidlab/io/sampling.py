@@ -35,6 +35,11 @@ Names, their parameters, and the official rule each one reproduces:
   start = slack // 2 for one view, else ``round(slack / (num_views - 1) * i)`` (half to even); positions
   past the end repeat frame vlen - 1. (VIMPAC spaces its test clips with int(slack * i / (num_views - 1))
   and GDT with int(slack * i / num_views); vidlab uses EVL's rule, the one the golden vectors pin down.)
+- ``ffmpeg_fps`` (output_fps): every frame FFmpeg's ``fps=F`` filter outputs (VIMPAC's video2token): output
+  frame n (n < round(vlen * F / fps)) is the last source frame i with round(i * F / fps) <= n, rounding half
+  away from zero, i.e. i = ceil((n + 1/2) * fps / F) - 1 (frames repeat when F > fps). Exact rational
+  arithmetic on the fps (a float fps is read as the nearest fraction with denominator <= 100000, e.g. 30000/1001);
+  timestamps are assumed regular from 0, where the filter reads each frame's own.
 - ``fixed_fps`` (num_frames, target_fps, sampling_rate=1, start='random'): VIMPAC / GDT clips of num_frames
   frames at target_fps, derived from the video's fps: clip frame k sits k * sampling_rate * fps / target_fps
   source frames after the start (nearest source frame). ``start='random'`` places the clip as
@@ -59,6 +64,7 @@ import operator
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -201,6 +207,26 @@ class FpsFrames(Sampler):
 
 
 @dataclass(frozen=True)
+class FfmpegFps(Sampler):
+    """The frames FFmpeg's `fps` filter keeps (default rounding 'near'): one per 1/output_fps seconds."""
+
+    output_fps: float
+
+    def __post_init__(self) -> None:
+        _check_positive_float(self, "output_fps")
+
+    @property
+    def uses_fps(self) -> bool:
+        return True
+
+    def _views(self, vlen: int, fps: float, rng: Rng | None) -> list[np.ndarray]:
+        ratio = Fraction(fps).limit_denominator(100000) / Fraction(self.output_fps).limit_denominator(100000)
+        count = math.floor(vlen / ratio + Fraction(1, 2))  # the end time in output frames, rounded half up
+        indices = [min(math.ceil((n + Fraction(1, 2)) * ratio) - 1, vlen - 1) for n in range(count)]
+        return [np.asarray(indices, dtype=np.int64)]
+
+
+@dataclass(frozen=True)
 class DenseRandomClip(Sampler):
     """EVL training clip (also fixed-fps training clips): evenly spaced frames from a random start."""
 
@@ -308,6 +334,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "singularity_rand": _singularity_rand,
     "singularity_middle": _singularity_middle,
     "singularity_fps": FpsFrames,
+    "ffmpeg_fps": FfmpegFps,
     "evl_train": _evl_train,
     "evl_tsn": TsnSegments,
     "evl_eval": UniformViews,

@@ -48,18 +48,29 @@ def _as_int_array(path: str, indices: IndexLike) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _decode_ranks(path: str, info: VideoInfo, ranks: np.ndarray, backend: str | None) -> torch.Tensor:
+def _decode_ranks(
+    path: str, info: VideoInfo, ranks: np.ndarray, backend: str | None, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Frames at in-range `ranks` (any order, duplicates allowed), rotated, in request order."""
     if ranks.size == 0:
-        return torch.empty((0, info.height, info.width, 3), dtype=torch.uint8)
+        height, width = size if size is not None else (info.height, info.width)
+        return torch.empty((0, height, width, 3), dtype=torch.uint8)
     unique, inverse = np.unique(ranks, return_inverse=True)
     decoder = _resolve_backend(backend, info)
+    # the decoder scales stored frames: a quarter-turned video is turned after scaling to the swapped size
+    stored_size = size[::-1] if size is not None and info.rotation in (90, 270) else size
+
+    def decode(decoder: VideoBackend) -> torch.Tensor:
+        if stored_size is None:
+            return decoder.decode(path, info, unique)
+        return decoder.decode_scaled(path, info, unique, stored_size)
+
     try:
-        frames = decoder.decode(path, info, unique)
+        frames = decode(decoder)
     except BackendCannotDecode as exc:
         logger.debug("%s: backend %s failed (%s); decoding with %s", path, decoder.name, exc, DEFAULT_BACKEND)
         decoder = get_backend(DEFAULT_BACKEND)
-        frames = decoder.decode(path, info, unique)
+        frames = decode(decoder)
     if info.rotation and not decoder.applies_rotation:
         frames = torch.rot90(frames, k=info.rotation // 90, dims=(1, 2))
     if len(unique) == len(ranks) and np.array_equal(unique, ranks):
@@ -67,12 +78,21 @@ def _decode_ranks(path: str, info: VideoInfo, ranks: np.ndarray, backend: str | 
     return frames[torch.from_numpy(inverse.reshape(-1))]
 
 
-def read_frames(path: str | os.PathLike[str], indices: IndexLike, *, backend: str | None = None) -> torch.Tensor:
+def read_frames(
+    path: str | os.PathLike[str],
+    indices: IndexLike,
+    *,
+    backend: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """uint8 RGB frames `(len(indices), H, W, 3)` at presentation-order `indices`, in request order.
 
     Index `i` is the frame with the i-th smallest presentation timestamp. Unsorted and repeated
     indices are fine; each distinct frame is decoded once. `backend` (else env
-    `VIDLAB_VIDEO_BACKEND`, else "pyav") picks the decoder.
+    `VIDLAB_VIDEO_BACKEND`, else "pyav") picks the decoder. `size` = (height, width) of the displayed
+    frames scales them with FFmpeg's bicubic scaler; the pyav backend does it while converting to RGB, for a
+    video without display rotation exactly as `ffmpeg -vf scale=W:H -pix_fmt rgb24` does (a rotated video is
+    scaled before it is turned, the CLI turns first; other backends scale the RGB frames after decoding).
     """
     path = os.fspath(path)
     info = probe(path)
@@ -83,7 +103,7 @@ def read_frames(path: str | os.PathLike[str], indices: IndexLike, *, backend: st
         raise VideoReadError(
             path, Reason.OUT_OF_RANGE, f"frame {bad} requested, the video has {info.num_frames} frames"
         )
-    return _decode_ranks(path, info, ranks, backend)
+    return _decode_ranks(path, info, ranks, backend, size)
 
 
 def read_frames_at(

@@ -2,8 +2,10 @@
 
 - `load_pickled_checkpoint` reads `torch.save` files (zip or legacy) through a restricted unpickler: it
   rebuilds tensors, OrderedDicts and plain containers, turns objects of classes that do not exist in this
-  environment (such as the official FiT repo's `parse_config.ConfigParser`) into inert `ForeignObject`
-  records, and refuses any other global, so a file that would run code when unpickled runs nothing.
+  environment (such as the official FiT repo's `parse_config.ConfigParser`) or that are pickled data
+  (OmegaConf configs, whole pickled `nn.Module`s such as DALL-E's `encoder.pkl`) into inert `ForeignObject`
+  records, and refuses any other global, so a file that would run code when unpickled runs nothing;
+  `recorded_module_state_dict` reads a recorded module's tensors.
 - `KeyMap` renames a foreign state dict with an explicit table of (source pattern -> vidlab name) rules.
 - `load_state_dict_strict` loads exactly (strict=True) or raises `StateDictMismatchError` whose message
   lists the missing / unexpected / misshapen keys grouped by prefix.
@@ -121,7 +123,10 @@ _RECORDED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     [("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")]
     + [("argparse", "Namespace"), ("parse_config", "ConfigParser")]  # the last: FiT's pickled trainer config
 )
-_RECORDED_MODULES = ("omegaconf",)  # pickled OmegaConf configs (Singularity) are data only
+# Packages whose pickled objects are recorded, never built: OmegaConf configs (Singularity) and whole pickled
+# modules (DALL-E's encoder.pkl: its own classes and torch.nn containers), whose tensors `recorded_module_state_dict`
+# reads back.
+_RECORDED_PACKAGES = ("omegaconf", "dall_e", "torch.nn.modules")
 
 
 def _module_exists(module: str) -> bool:
@@ -144,7 +149,9 @@ def resolve_global(module: str, name: str, source: str) -> Any:
         return getattr(importlib.import_module(module), name)
     if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
         return getattr(torch, name)
-    recorded = (module, name) in _RECORDED_GLOBALS or module.split(".")[0] in _RECORDED_MODULES
+    recorded = (module, name) in _RECORDED_GLOBALS or any(
+        module == p or module.startswith(p + ".") for p in _RECORDED_PACKAGES
+    )
     if recorded or not _module_exists(module):
         return _foreign_class(module, name)
     raise UnsafeCheckpointError(
@@ -198,6 +205,21 @@ def load_pickled_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(str(path), f"not a readable torch checkpoint ({type(e).__name__}: {e})") from None
 
 
+def load_restricted_pickle(path: str | Path) -> Any:
+    """Read a plain `pickle.dump` file (not a `torch.save` one, e.g. an official argparse `args.pickle`) through the
+    same restricted unpickler: data and inert records only, nothing executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(str(path), "file not found")
+    try:
+        with path.open("rb") as f:
+            return _restricted_pickle_module(str(path)).load(f)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means: not a readable pickle
+        raise CheckpointError(str(path), f"not a readable pickle ({type(e).__name__}: {e})") from None
+
+
 def find_foreign(obj: Any, foreign_class: str) -> ForeignObject | None:
     """The first ForeignObject of class `foreign_class` (e.g. 'parse_config.ConfigParser') inside `obj`."""
     if isinstance(obj, ForeignObject):
@@ -213,6 +235,24 @@ def find_foreign(obj: Any, foreign_class: str) -> ForeignObject | None:
         if found is not None:
             return found
     return None
+
+
+def recorded_module_state_dict(module: ForeignObject, prefix: str = "") -> dict[str, Tensor]:
+    """The `state_dict()` of a whole pickled `nn.Module` read as ForeignObjects (its `_parameters`, persistent
+    `_buffers` and `_modules`, recursively), without building any of its classes."""
+    state = module.state if isinstance(module.state, Mapping) else {}
+    tensors: dict[str, Tensor] = {}
+    for name, param in (state.get("_parameters") or {}).items():
+        if isinstance(param, Tensor):
+            tensors[prefix + name] = param.detach()
+    skipped = state.get("_non_persistent_buffers_set") or set()
+    for name, buffer in (state.get("_buffers") or {}).items():
+        if isinstance(buffer, Tensor) and name not in skipped:
+            tensors[prefix + name] = buffer
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, ForeignObject):
+            tensors.update(recorded_module_state_dict(child, f"{prefix}{name}."))
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,7 +456,9 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
 __all__ = [
     "ForeignObject",
     "load_pickled_checkpoint",
+    "load_restricted_pickle",
     "find_foreign",
+    "recorded_module_state_dict",
     "KeyMap",
     "MappedStateDict",
     "strip_prefix",

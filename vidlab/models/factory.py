@@ -5,7 +5,8 @@
   lists those files, `create_model(name)` builds one.
 - A *checkpoint format* (e.g. the official FiT trainer file) registers a recogniser and a converter to
   vidlab names; `create_model(..., checkpoint=path)` finds the format, converts, then loads strictly.
-- vidlab's own checkpoints (`model.safetensors` + `config.yaml`) need no converter.
+- vidlab's own checkpoints (`model.safetensors` + `config.yaml`) need no converter; an official checkpoint
+  folder (e.g. VIMPAC's snapshot with its `args.pickle`) is read by a registered folder reader.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ FAMILY_MODULES = (
     "vidlab.models.clip_weights",
     "vidlab.models.evl",
     "vidlab.models.singularity",
+    "vidlab.models.vimpac",
+    "vidlab.models.dalle_encoder",
 )
 
 
@@ -79,6 +82,9 @@ class CreatedModel:
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _FORMATS: list[CheckpointFormat] = []
+# Readers of official checkpoint FOLDERS (e.g. VIMPAC's snap/<run>/last/): folder -> the object a format
+# recognizes, or None when the folder is not theirs.
+_FOLDER_READERS: list[Callable[[Path], Any | None]] = []
 
 
 def register_family(family: ModelFamily) -> None:
@@ -92,6 +98,11 @@ def register_checkpoint_format(
 ) -> None:
     if all(f.name != name for f in _FORMATS):
         _FORMATS.append(CheckpointFormat(name, recognize, convert))
+
+
+def register_folder_reader(reader: Callable[[Path], Any | None]) -> None:
+    if reader not in _FOLDER_READERS:
+        _FOLDER_READERS.append(reader)
 
 
 def _import_families() -> None:
@@ -282,7 +293,9 @@ def read_checkpoint(
                     raise CheckpointError(source, f"a {saved.family!r} model, but the config builds a {cfg.family!r} one")
                 return cfg, MappedStateDict(obj), source
         elif Path(checkpoint).is_dir():
-            raise CheckpointError(source, f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
+            obj = next((o for read in _FOLDER_READERS if (o := read(Path(checkpoint))) is not None), None)
+            if obj is None:
+                raise CheckpointError(source, f"a folder without {WEIGHTS_FILE}: not a vidlab checkpoint")
         elif is_torchscript_archive(checkpoint):  # e.g. OpenAI CLIP's ViT-B-16.pt: weights read, code never run
             obj = read_torchscript_state_dict(checkpoint)
         else:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vidlab.io.probe import VideoInfo
+from vidlab.io.scale import scale_frames
 
 THREADS_ENV = "VIDLAB_DECODE_THREADS"
 
@@ -59,3 +60,8 @@ class VideoBackend(ABC):
     @abstractmethod
     def decode(self, path: str, info: VideoInfo, ranks: np.ndarray) -> torch.Tensor:
         """uint8 RGB frames `(len(ranks), H, W, 3)` at sorted unique frame ranks (int64)."""
+
+    def decode_scaled(self, path: str, info: VideoInfo, ranks: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """As `decode`, frames scaled to `size` = (height, width) with FFmpeg's bicubic scaler. This default
+        scales the decoded RGB frames; a backend that converts to RGB with FFmpeg scales in that one pass."""
+        return scale_frames(self.decode(path, info, ranks), *size)
