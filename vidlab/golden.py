@@ -171,8 +171,8 @@ FAMILIES: dict[str, Union[str, Pending]] = {
     "evl": "clip:check_evl",
     "singularity": "singularity:check_singularity",
     "vimpac": Pending(),
-    "gdt": Pending(),
-    "stica": Pending(),
+    "gdt": "gdt:check_gdt",
+    "stica": "gdt:check_stica",
 }
 
 

@@ -47,6 +47,7 @@ FAMILY_MODULES = (
     "vidlab.models.clip_weights",
     "vidlab.models.evl",
     "vidlab.models.singularity",
+    "vidlab.models.gdt",
 )
 
 
