@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ from vidlab.models.gdt import (
     FeatureCrops,
     TransformerPooling,
     build_gdt,
+    draw_feature_crops,
     gdt_config_from_official,
     map_official_gdt_state_dict,
 )
@@ -385,6 +387,22 @@ def _crops(params: Sequence[Any]) -> FeatureCrops:
     return FeatureCrops(*(tuple(tuple(int(v) for v in c) for c in group) for group in (spatial_large, spatial_small, temporal_large, temporal_small)))
 
 
+_OFFICIAL_CROP_ARGS = {"duration": "duration", "s_large_crops": "spatial_large", "s_small_crops": "spatial_small",
+                       "t_large_crops": "temporal_large", "t_small_crops": "temporal_small"}
+
+
+def _check_crop_draws(found: Mismatches, official: str, crops: FeatureCrops, map_size: int) -> None:
+    """`np.random.seed(S); fmcrop_params(k=v, ...)` (the json's account of the draw) -> `draw_feature_crops`
+    with a RandomState(S) must draw the stored crops."""
+    seed = re.search(r"seed\((\d+)\)", official)
+    call = re.search(r"fmcrop_params\(([^)]*)\)", official)
+    if seed is None or call is None:
+        return
+    kwargs = {_OFFICIAL_CROP_ARGS[k]: int(v) for k, v in re.findall(r"(\w+)\s*=\s*(\d+)", call.group(1)) if k in _OFFICIAL_CROP_ARGS}
+    drawn = draw_feature_crops(np.random.RandomState(int(seed.group(1))), map_size=map_size, **kwargs)
+    found.expect(drawn == crops, f"crop draws: {drawn}, golden {crops}")
+
+
 def check_stica(case: GoldenCase) -> None:
     """Golden-harness entry of the `stica` family: the transformer pooling and the feature-map crop path."""
     spec, tensors = case.spec, case.tensors()
@@ -423,6 +441,7 @@ def check_stica(case: GoldenCase) -> None:
         feature_map, audio = tensors["input.crop.feature_map"], tensors["input.crop.audio_features"]
         params_key = next(k for k in spec["crop_params"] if k.startswith("params"))
         crops = _crops(spec["crop_params"][params_key])
+        _check_crop_draws(found, spec["crop_params"].get("official", ""), crops, feature_map.shape[-1])
         embedded = model.crop_embeddings(feature_map, crops)
         windows = {
             ("spatial", "large"): [lambda m, c=c: m[..., c[0] : c[1], c[2] : c[3]] for c in crops.spatial_large],

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidlab.errors import VidlabError
+from vidlab.models.gdt import CropEmbeddings
 
 Gather = Callable[[Tensor], Tensor]  # local rows -> the rows of every process, in rank order
 
@@ -211,6 +212,110 @@ def gdt_loss(
     return GDTLoss(loss if len(ordered) == 1 else loss * (1.0 / len(ordered)), pair_sets)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# STiCA (main_stica.py: gdt_loss, nce_crop_losses_dual, train)
+
+STICA_CROP_TEMPERATURE = 0.5  # official --temp
+STICA_AV_TEMPERATURE = 0.1  # the default argument of main_stica.gdt_loss, which train() keeps
+STICA_ALPHA = 0.5  # official --cross_modal_alpha
+
+
+def cross_nce(
+    first: Tensor,
+    second: Tensor,
+    temperature: float,
+    gather: Gather | None = None,
+    rank: int = 0,
+    symmetric: bool = True,
+) -> Tensor:
+    """STiCA's InfoNCE (official `main_stica.gdt_loss(feat_v=first, feat_a=second)`): `second`'s rows against
+    [`first` local | `first` of the other processes] (detached, label i), and with `symmetric` the mean with
+    the reverse direction."""
+    keys = torch.stack([first, second], dim=1).detach() if symmetric else first.detach()[:, None]
+    others = other_processes(keys, gather, rank).flatten(0, 1)  # ((W - 1) * N, 1 or 2, D)
+    forward = nce_loss(second, first.detach(), others[:, 0], temperature)
+    if not symmetric:
+        return forward
+    return 0.5 * (forward + nce_loss(first, second.detach(), others[:, 1], temperature))
+
+
+@dataclass
+class STiCALoss:
+    """`loss` = (1 - alpha) crops + alpha av; `crop_terms`: the mean of each crop-loss kind that has terms
+    (`large`, `small`, `temporal_large`, `temporal_small`, the official log names L-L, S-L, TL-TL, TS-TL)."""
+
+    loss: Tensor
+    crops: Tensor
+    av: Tensor
+    crop_terms: dict[str, Tensor]
+
+
+def stica_crop_losses(
+    first: CropEmbeddings,
+    second: CropEmbeddings,
+    temperature: float = STICA_CROP_TEMPERATURE,
+    gather: Gather | None = None,
+    rank: int = 0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Official `nce_crop_losses_dual(feats_v=first view, feats_v2=second view)`: the sum of every crop term over
+    their count, and each kind's mean. Large-large: only large crop index 1 of each view (symmetric; the
+    official loop skips index 0); small-large: the second view's small crops j < S (S = small per large, the
+    ones drawn after large crop 0) against each detached large crop of the first view (one direction)."""
+    total: Tensor | None = None
+    count = 0
+    means: dict[str, Tensor] = {}
+    for name, large1, large2, small2 in (
+        ("", first.spatial_large, second.spatial_large, second.spatial_small),
+        ("temporal_", first.temporal_large, second.temporal_large, second.temporal_small),
+    ):
+        per_large = len(small2) // len(large1) if large1 else 0
+        kinds = {
+            f"{name}large": [cross_nce(large2[1], large1[1], temperature, gather, rank)] if len(large1) > 1 else [],
+            f"{name}small": [
+                cross_nce(large.detach(), small2[j], temperature, gather, rank, symmetric=False)
+                for large in large1
+                for j in range(per_large)
+            ],
+        }
+        for kind, terms in kinds.items():
+            if terms:
+                kind_sum = torch.stack(terms).sum()
+                means[kind] = kind_sum / len(terms)
+                total = kind_sum if total is None else total + kind_sum
+                count += len(terms)
+    if total is None:
+        raise GDTLossError("STiCA crop losses: no crop pairs (2 large crops or small crops needed); the official code divides by zero here")
+    return total / count, means
+
+
+def stica_loss(
+    first: CropEmbeddings,
+    second: CropEmbeddings,
+    videos: tuple[Tensor, Tensor],
+    audios: tuple[Tensor, Tensor],
+    alpha: float = STICA_ALPHA,
+    crop_temperature: float = STICA_CROP_TEMPERATURE,
+    av_temperature: float = STICA_AV_TEMPERATURE,
+    gather: Gather | None = None,
+    rank: int = 0,
+) -> STiCALoss:
+    """STiCA's training loss of two augmented views of one clip: `first` / `second` their crop embeddings,
+    `videos` their whole-map embeddings, `audios` the audio embedding computed with each (official: two
+    forward passes). (1 - alpha) crop losses + alpha audio-visual loss (the mean over views of `cross_nce`)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise GDTLossError(f"STiCA alpha must be in [0, 1], got {alpha}")
+    crops, crop_terms = stica_crop_losses(first, second, crop_temperature, gather, rank)
+    if alpha > 0:
+        av = 0.5 * (
+            cross_nce(videos[0], audios[0], av_temperature, gather, rank) + cross_nce(videos[1], audios[1], av_temperature, gather, rank)
+        )
+        loss = (1.0 - alpha) * crops + alpha * av
+    else:
+        av = crops.new_zeros(())
+        loss = (1.0 - alpha) * crops
+    return STiCALoss(loss, crops, av, crop_terms)
+
+
 __all__ = [
     "GDTLoss",
     "GDTLossError",
@@ -224,4 +329,11 @@ __all__ = [
     "nce_logits",
     "nce_loss",
     "other_processes",
+    "STICA_ALPHA",
+    "STICA_AV_TEMPERATURE",
+    "STICA_CROP_TEMPERATURE",
+    "STiCALoss",
+    "cross_nce",
+    "stica_crop_losses",
+    "stica_loss",
 ]

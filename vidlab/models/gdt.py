@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -309,6 +310,49 @@ class FeatureCrops:
     spatial_small: tuple[tuple[int, int, int, int], ...] = ()
     temporal_large: tuple[tuple[int, int], ...] = ()
     temporal_small: tuple[tuple[int, int], ...] = ()
+
+
+def draw_feature_crops(
+    rng: np.random.RandomState,
+    duration: int = 4,
+    spatial_large: int = 2,
+    spatial_small: int = 0,
+    temporal_large: int = 0,
+    temporal_small: int = 0,
+    map_size: int = 7,
+    spatial_windows: tuple[int, int] = (6, 4),
+) -> FeatureCrops:
+    """Random crops of a (T = duration, map_size, map_size) map as the official `fmcrop_params` draws them (same
+    numpy draws in the same order): spatial windows of 6 / 4 cells, temporal 3 / 2 steps (6 / 4 when the
+    duration is not 4); `spatial_small` small crops after EACH large one. Spatial crops are drawn only when there
+    are small ones or 2 large ones, temporal likewise. Kept from the official code: offsets come from
+    `randint(0, size - window)`, whose bound is exclusive, so a window never touches the last row / column
+    (large spatial crops are always [0:6, 0:6], large temporal ones [0:3])."""
+    if not (0 <= spatial_large <= 2 and 0 <= temporal_large <= 2 and spatial_small >= 0 and temporal_small >= 0):
+        raise ConfigError(f"STiCA crops: 0-2 large crops of each kind and >= 0 small ones, got {spatial_large} / {spatial_small} spatial, {temporal_large} / {temporal_small} temporal")
+    large_window, small_window = spatial_windows
+    temporal_windows = (3, 2) if duration == 4 else (6, 4)
+    if max(large_window, small_window) >= map_size or max(temporal_windows) >= duration:
+        raise ConfigError(f"STiCA crops: windows {spatial_windows} / {temporal_windows} do not fit a {duration} x {map_size} x {map_size} map")
+
+    def spatial(window: int) -> tuple[int, int, int, int]:
+        h0, w0 = (int(rng.randint(0, map_size - window)) for _ in range(2))  # official order: x (H), then y (W)
+        return h0, h0 + window, w0, w0 + window
+
+    def temporal(window: int) -> tuple[int, int]:
+        t0 = int(rng.randint(0, duration - window))
+        return t0, t0 + window
+
+    groups: list[list[Any]] = [[], [], [], []]
+    for draw, large, small, windows, first in (
+        (spatial, spatial_large, spatial_small, spatial_windows, 0),
+        (temporal, temporal_large, temporal_small, temporal_windows, 2),
+    ):
+        if small > 0 or large > 1:
+            for _ in range(large):
+                groups[first].append(draw(windows[0]))
+                groups[first + 1].extend(draw(windows[1]) for _ in range(small))
+    return FeatureCrops(*(tuple(group) for group in groups))
 
 
 @dataclass
@@ -670,6 +714,7 @@ __all__ = [
     "R2Plus1DEncoder",
     "TransformerPooling",
     "build_gdt",
+    "draw_feature_crops",
     "gdt_config_from_official",
     "infer_gdt_config",
     "map_official_gdt_state_dict",
