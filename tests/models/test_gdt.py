@@ -180,6 +180,11 @@ def test_tokenizer_keeps_case_drops_unknown_words_and_takes_a_repeated_words_las
     assert ids.tolist() == [[5, 2, 4, 0], [3, 0, 0, 0], [0, 0, 0, 0], [5, 5, 5, 5]]
 
 
+def tokenizer_with_vocabulary(model: GDT, folder: Path):
+    with_vocabulary = create_model(apply_overrides(model.cfg, {"text.vocabulary": str(folder / "dict.npy")}))
+    return with_vocabulary.tokenizer()
+
+
 def test_word2vec_tower_is_frozen_and_its_max_sees_the_padding_row(tmp_path):
     vectors = torch.randn(6, 300)
     torch.save(vectors, tmp_path / "word2vec.pth")
@@ -194,6 +199,11 @@ def test_word2vec_tower_is_frozen_and_its_max_sees_the_padding_row(tmp_path):
     model.train()
     model.encode_text(torch.tensor([[1, 2], [3, 4]]), normalize=True).sum().backward()
     assert encoder.word_embedding.weight.grad is None and encoder.fc.weight.grad is not None
+    np.save(tmp_path / "dict.npy", np.array(["a", "b", "c"]))
+    tokenizer = tokenizer_with_vocabulary(model, tmp_path)
+    assert tokenizer(["c a x"]).tolist() == [[3, 1] + [0] * 18]
+    with pytest.raises(ConfigError, match="text.vocabulary"):
+        model.tokenizer()
     with pytest.raises(ConfigError, match=r"^text.word2vec holds a \(6, 300\) matrix.*set text.vocab_size=6 text.word_dim=300$"):
         create_model("gdt-tiny", **{**text, "text.vocab_size": 7})
 

@@ -52,10 +52,11 @@ from torchvision.models.video import resnet as video_resnet
 from vidlab.errors import ConfigError
 from vidlab.models.attention import attend, merge_heads, split_heads
 from vidlab.models.checkpoint import ForeignObject, KeyMap, MappedStateDict, find_foreign, strip_prefix
+from vidlab.models.clip import unchanged_state_dict
 from vidlab.models.errors import CheckpointError, ModelInputError
 from vidlab.models.factory import ModelFamily, register_checkpoint_format, register_family, typed_model_config
 from vidlab.models.layers import Mlp, check_drop_rates
-from vidlab.models.word2vec import Word2VecTextEncoder, read_word2vec
+from vidlab.models.word2vec import Word2VecTextEncoder, Word2VecTokenizer, read_word2vec
 
 logger = logging.getLogger(__name__)
 
@@ -470,6 +471,12 @@ class GDT(nn.Module):
             raise ModelInputError(f"input_ids must be (N, L), got shape {tuple(input_ids.shape)}")
         return self.text_encoder(input_ids)
 
+    def tokenizer(self) -> Word2VecTokenizer:
+        """The official tokenisation over `text.vocabulary` (dict.npy), `text.max_words` ids per sentence."""
+        if self.cfg.modality != "text" or not self.cfg.text.vocabulary:
+            raise ConfigError("text.vocabulary (the HowTo100M dict.npy) is not set: the model has no tokenizer")
+        return Word2VecTokenizer.from_file(self.cfg.text.vocabulary, self.cfg.text.max_words)
+
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
         """(N, L) ids -> (N, embed_dim). `attention_mask` is not used: as officially, padding positions (id 0)
         take part in the max over words."""
@@ -557,10 +564,6 @@ def build_gdt(cfg: DictConfig, init_weights: bool = True) -> GDT:
     return model
 
 
-def unchanged_state_dict(cfg: DictConfig, tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    return tensors, []
-
-
 register_family(
     ModelFamily(
         name=FAMILY,
@@ -568,7 +571,7 @@ register_family(
         build=build_gdt,
         adapt_state_dict=unchanged_state_dict,
         size_keys=(
-            "modality", "embed_dim", "normalize", "video.*", "audio.*", "head.hidden_dim", "pooling.*",
+            "modality", "embed_dim", "video.*", "audio.*", "head.hidden_dim", "pooling.*",
             "text.vocab_size", "text.word_dim", "text.output_dim",
         ),
     )
