@@ -19,9 +19,9 @@ GDT), followed by the view: `""` the clip at time tau1, `"R"` it time-reversed, 
 
 Official list aliasing (`official_aliasing=True`, the default, reproduces it): `get_pos_neg` takes the
 Python lists of gathered features by reference and `.extend()`s them in place, so a later call of the same
-step finds them already extended: in hypotheses 3, 5 and 7-9 the invariant pair-sets see some other-process
-features twice among their negatives. `official_aliasing=False` gives every call fresh lists
-(docs/deviations.md). `gdt_plan` spells out, per term, which gathered features are its negatives.
+step finds them already extended: hypotheses 3, 5 and 6-9 get extra (in 3 and 5 repeated) other-process
+negatives, e.g. the reversed features in hypothesis 6's shift pair-set; 1, 2 and 4 are unaffected.
+`official_aliasing=False` gives every call fresh lists (docs/deviations.md). `gdt_plan` spells out, per term, which gathered features are its negatives.
 
 The gather is the engine's (`local (N, ...) -> every process's rows in rank order`); all needed features go
 through ONE call, so every process must call `gdt_loss` with the same hypothesis. Without one (a single

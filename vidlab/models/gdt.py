@@ -276,6 +276,8 @@ class TransformerPooling(nn.Module):
             PostNormAttentionLayer(dim, num_heads, ffn_dim, dropout, qkv_projections) for _ in range(num_layers)
         )
         self.positions = nn.Embedding(MAX_POSITIONS, dim) if positional_embedding else None
+        if positional_embedding:  # the official pos_ids buffer (saved in checkpoints): which row each step reads
+            self.register_buffer("position_ids", torch.arange(MAX_POSITIONS)[None])
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -292,7 +294,7 @@ class TransformerPooling(nn.Module):
         if self.positions is not None:
             if tokens.shape[1] > MAX_POSITIONS:
                 raise ModelInputError(f"{tokens.shape[1]} steps, the positional table holds {MAX_POSITIONS}")
-            tokens = tokens + self.positions.weight[: tokens.shape[1]]
+            tokens = tokens + self.positions(self.position_ids[:, : tokens.shape[1]])
         for layer in self.layers:
             tokens = layer(tokens)
         return tokens if all_states else tokens[:, 0]
@@ -606,11 +608,9 @@ OFFICIAL_GDT_KEY_MAP = KeyMap(
         (rf"{_TRANSFORMER}(norm1|norm2)\.(weight|bias)", r"video_pooling.layers.\1.\2.\3"),
         (rf"{_TRANSFORMER}ffn\.lin(1|2)\.(weight|bias)", r"video_pooling.layers.\1.ffn.fc\2.\3"),
         (r"video_pooling\.2\.pos_embs\.0\.weight", "video_pooling.positions.weight"),
+        (r"video_pooling\.2\.pos_ids", "video_pooling.position_ids"),
     ),
-    ignore=(
-        r"audio_network\.base\.fc\.(weight|bias)",  # the ResNet's classifier: built, never used
-        r"video_pooling\.2\.pos_ids",  # arange buffer, rebuilt
-    ),
+    ignore=(r"audio_network\.base\.fc\.(weight|bias)",),  # the ResNet's classifier: built, never used
 )
 
 
