@@ -4,9 +4,8 @@ A golden folder (``shared/golden`` beside the repository, or any folder of the s
 ``VIDLAB_GOLDEN_DIR`` environment variable) has an ``index.json`` listing its cases; each ``<case>.json``
 says what it checks and with which official constructor arguments, and ``<case>.safetensors`` holds its
 tensors. Every case belongs to a family: its name, or the registered prefix before an underscore
-(``fit_spacetime`` -> ``fit``). `FAMILIES` maps a family to the function that checks its cases, or to
-`Pending` until vidlab implements it, so adding a family is one checker module under
-`vidlab.golden_checks` plus one line there.
+(``fit_spacetime`` -> ``fit``). `FAMILIES` maps a family to the function that checks its cases, so adding a
+family is one checker module under `vidlab.golden_checks` plus one line there.
 
 Comparisons: tensors within atol 1e-5 / rtol 1e-4 (`assert_tensor_close`); metrics and frame indices
 exactly. A checker raises `GoldenMismatch` listing what differs.
@@ -20,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import torch
 
@@ -56,17 +55,6 @@ class GoldenCase:
         if not path.is_file():
             raise GoldenError(f"{path}: golden case {self.name!r} has no tensor file")
         return load_file(path)
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A family vidlab does not implement yet; its cases are skipped, naming the issue that will add it."""
-
-    issue: int | None = None
-
-    def reason(self, family: str) -> str:
-        issue = f"issue {self.issue}" if self.issue is not None else "a later issue"
-        return f"family '{family}' not implemented yet ({issue})"
 
 
 Checker = Callable[[GoldenCase], None]
@@ -121,14 +109,9 @@ def family_of(name: str) -> str:
     return max(prefixes, key=len)
 
 
-def run_case(folder: Path, name: str) -> str | None:
-    """Check one case. Returns a skip reason for families not implemented yet, else None; raises on mismatch."""
-    family = family_of(name)
-    handler = FAMILIES[family]
-    if isinstance(handler, Pending):
-        return handler.reason(family)
-    checker_of(family)(load_case(folder, name))
-    return None
+def run_case(folder: Path, name: str) -> None:
+    """Check one case; raises `GoldenMismatch` on a difference."""
+    checker_of(family_of(name))(load_case(folder, name))
 
 
 def assert_tensor_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -163,7 +146,7 @@ class Mismatches:
 
 
 # A family's checker is "module:function" under vidlab.golden_checks, imported only when its cases run.
-FAMILIES: dict[str, Union[str, Pending]] = {
+FAMILIES: dict[str, str] = {
     "sampling": "sampling:check_sampling",
     "metrics": "metrics:check_metrics",
     "fit": "fit:check_fit",
@@ -171,8 +154,8 @@ FAMILIES: dict[str, Union[str, Pending]] = {
     "evl": "clip:check_evl",
     "singularity": "singularity:check_singularity",
     "vimpac": "vimpac:check_vimpac",
-    "gdt": Pending(),
-    "stica": Pending(),
+    "gdt": "gdt:check_gdt",
+    "stica": "gdt:check_stica",
 }
 
 

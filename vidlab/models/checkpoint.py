@@ -77,7 +77,7 @@ def _foreign_class(module: str, name: str) -> type[ForeignObject]:
 
 # Globals rebuilt for real: tensor/storage reconstruction and data-only containers.
 _SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    [("collections", "OrderedDict"), ("collections", "defaultdict"), ("_codecs", "encode"), ("typing", "Any")]
+    [("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "Counter"), ("_codecs", "encode"), ("typing", "Any")]
     + [
         ("builtins", n)
         for n in (
