@@ -12,6 +12,11 @@ evaluation), `(1, filters, frames)` float32, zero-padded to `100 * num_sec - 1` 
 second, optionally z-normalised with the official constants. Samples are in 16-bit PCM units (what the
 official code reads from FFmpeg as int16; `vidlab.io.read_audio`'s float samples times 32768): the log
 energies depend on that scale.
+
+`spec_augment` is the official SpecAugment (`spec_augment_pytorch.py`, time warping commented out there too):
+`freq_masks` bands of `int(U(0, F))` filters and `time_masks` spans of `int(U(0, T))` frames set to 0, each at
+a uniform offset, after the z-norm; presets `SPEC_AUGMENT` (`--audio_augtype`; GDT pretraining: medium).
+Volume jitter is `gdt_spectrogram`'s `gain` (official: U(0.9, 1.1) on the waveform).
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from vidlab.errors import ConfigError
 PCM16_SCALE = 32768.0  # float samples in [-1, 1) -> 16-bit PCM units
 GDT_ZNORM_MEAN, GDT_ZNORM_STD = 1.93, 17.89  # get_spec's z_normalize constants
 GDT_FILTERS = {"gdt": 40, "stica": 257}  # aud_spec_type 1 / 2
+
+
+# [freq_masks, time_masks, F, T] of the official --audio_augtype presets
+SPEC_AUGMENT: dict[str, tuple[int, int, int, int]] = {"mild": (1, 1, 2, 5), "medium": (1, 1, 3, 6), "heavy": (2, 2, 3, 6)}
 
 
 def _round_half_up(value: float) -> int:
@@ -111,4 +120,32 @@ def gdt_spectrogram(
     return (out - GDT_ZNORM_MEAN) / GDT_ZNORM_STD if z_normalize else out
 
 
-__all__ = ["GDT_FILTERS", "PCM16_SCALE", "gdt_spectrogram", "log_filterbank", "mel_filterbank"]
+def spec_augment(spec: torch.Tensor, preset: str | tuple[int, int, int, int], rng: np.random.Generator) -> torch.Tensor:
+    """A copy of (..., F, T) `spec` with SpecAugment's frequency then time masks (zeros), drawn from `rng`."""
+    if isinstance(preset, str):
+        if preset not in SPEC_AUGMENT:
+            raise ConfigError(f"SpecAugment preset must be one of {', '.join(SPEC_AUGMENT)}, got {preset!r}")
+        preset = SPEC_AUGMENT[preset]
+    freq_masks, time_masks, max_f, max_t = preset
+    out = spec.clone()
+    num_filters, num_frames = out.shape[-2:]
+    for _ in range(freq_masks):
+        width = int(rng.uniform(0.0, max_f))
+        start = int(rng.integers(0, num_filters - width + 1))
+        out[..., start : start + width, :] = 0
+    for _ in range(time_masks):
+        width = int(rng.uniform(0.0, max_t))
+        start = int(rng.integers(0, num_frames - width + 1))
+        out[..., start : start + width] = 0
+    return out
+
+
+__all__ = [
+    "GDT_FILTERS",
+    "PCM16_SCALE",
+    "SPEC_AUGMENT",
+    "gdt_spectrogram",
+    "log_filterbank",
+    "mel_filterbank",
+    "spec_augment",
+]

@@ -44,6 +44,11 @@ Names, their parameters, and the official rule each one reproduces:
   frames at target_fps, derived from the video's fps: clip frame k sits k * sampling_rate * fps / target_fps
   source frames after the start (nearest source frame). ``start='random'`` places the clip as
   ``evl_train`` does (training); ``start='center'`` centres it as one-view ``uniform_views`` (evaluation).
+- ``gdt_shift`` (num_frames, sampling_rate=1, target_fps=None, distinct=True): GDT pretraining's two clips of
+  one video at times tau1 and tau2, each placed as ``fixed_fps`` / ``evl_train`` place one clip, from its own
+  random start. The official dataset draws the two starts independently (``randint(0, 1000)`` each, equal
+  once in ~1000 draws); with ``distinct`` (default) tau2 is drawn among the other starts whenever the video has
+  more than one, so the shift views always differ (a short clip would otherwise repeat tau1 often).
 
 Where the official code produces indices no decoder can serve -- ``fix_start`` past the end of a short
 video, or no frame time inside a very short video in ``fps`` mode -- the official datasets crash; calling a
@@ -299,6 +304,43 @@ class UniformViews(Sampler):
         return [np.minimum(start + offsets, vlen - 1) for start in starts]
 
 
+@dataclass(frozen=True)
+class ShiftedClips(Sampler):
+    """GDT pretraining: two clips (tau1, tau2) of one video, each a `DenseRandomClip` from its own start."""
+
+    num_frames: int
+    sampling_rate: int = 1
+    target_fps: float | None = None
+    distinct: bool = True
+
+    def __post_init__(self) -> None:
+        _check_clip_params(self)
+
+    @property
+    def needs_rng(self) -> bool:
+        return True
+
+    @property
+    def uses_fps(self) -> bool:
+        return self.target_fps is not None
+
+    def _views(self, vlen: int, fps: float, rng: Rng | None) -> list[np.ndarray]:
+        offsets = _clip_offsets(self, fps)
+        span = int(offsets[-1]) + 1
+        if span >= vlen:  # one possible start: both clips are the whole video, padded with its last frame
+            inside = offsets[offsets < vlen]
+            clip = np.where(offsets < vlen, offsets, inside[-1])
+            return [clip, clip.copy()]
+        starts = vlen - span + 1
+        first = _randint(rng, 0, starts)
+        if not self.distinct:
+            second = _randint(rng, 0, starts)
+        else:  # uniform over the other starts
+            second = _randint(rng, 0, starts - 1)
+            second += second >= first
+        return [first + offsets, second + offsets]
+
+
 def _fit_rand(num_frames: int) -> Sampler:
     return SegmentRandom(num_frames, singularity=False)
 
@@ -340,6 +382,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "evl_eval": UniformViews,
     "uniform_views": UniformViews,
     "fixed_fps": _fixed_fps,
+    "gdt_shift": ShiftedClips,
 }
 
 
@@ -384,7 +427,7 @@ def _pad_with_last(indices: np.ndarray, num_frames: int) -> np.ndarray:
     return np.concatenate([indices, np.full(num_frames - len(indices), indices[-1], dtype=indices.dtype)])
 
 
-def _clip_offsets(sampler: DenseRandomClip | UniformViews, fps: float) -> np.ndarray:
+def _clip_offsets(sampler: DenseRandomClip | UniformViews | ShiftedClips, fps: float) -> np.ndarray:
     """Frame offsets of a clip from its start: k * step source frames, step from the stride or the target fps."""
     step = float(sampler.sampling_rate)
     if sampler.target_fps is not None:
@@ -426,7 +469,7 @@ def _check_positive_float(sampler: Sampler, field: str) -> None:
         raise ConfigError(f"{type(sampler).__name__}: {field} must be a positive number, got {value!r}")
 
 
-def _check_clip_params(sampler: DenseRandomClip | UniformViews) -> None:
+def _check_clip_params(sampler: DenseRandomClip | UniformViews | ShiftedClips) -> None:
     _check_positive_int(sampler, "num_frames")
     _check_positive_int(sampler, "sampling_rate")
     if sampler.target_fps is not None:
