@@ -173,3 +173,122 @@ def test_no_train_set_is_one_line(shapes_root: Path, tmp_path: Path) -> None:
     config["data"].pop("train")
     with pytest.raises(ConfigError, match="data.train is not set"):
         recipe_of(config, tmp_path).train_sets()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two stages: pretraining, then fine-tuning on the motion classes
+
+
+def finetune_stage(**model: Any) -> dict[str, Any]:
+    return {
+        "name": "finetune",
+        "recipe": "gdt_finetune",
+        "model": {"base": "gdt-classifier-r2plus1d-18", "encoder": "stage:pretrain", **model},
+        "data": {
+            "train": {"annotations": "annotations/motion_train.txt", "format": "evl"},
+            "test": {"annotations": "annotations/motion_test.txt", "format": "evl"},
+            "class_names": "annotations/motion_classes.json",
+            "batch_size": 4,
+            "num_frames": 4,
+            "sampling_rate": 2,
+            "target_fps": None,
+            "train_clips_per_video": 1,
+            "transform": {**STILL, "jitter_short_side": [32, 40]},
+            "num_workers": 0,
+            "steps_per_epoch": 2,
+        },
+        "eval": {"split": "test", "after_train": True, "batch_size": 4, "spatial_views": 1, "temporal_views": 2},
+    }
+
+
+def encoder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith("video_encoder.")}
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    from vidlab.engine.runner import train
+
+    folder = tmp_path_factory.mktemp("gdt_two_stage")
+    config = pretrain_config(shapes_root, folder / "runs")
+    config["loss"]["hypothesis"] = 2
+    stage = finetune_stage()
+    stage["data"]["root"] = str(shapes_root)
+    config["stages"] = [{"name": "pretrain"}, stage]
+    return train(load_train_config(write(folder / "config.yaml", config)))
+
+
+def test_two_stage_run_trains_evaluates_and_starts_from_the_pretrained_encoder(two_stage_run, tmp_path: Path) -> None:
+    result = two_stage_run
+    assert set(result.metrics) == {"top1", "top5", "mean_class_acc"}
+    assert (result.run_dir / "eval_test.json").is_file()
+    pretrained = encoder_tensors(result.stage_dirs[0] / "model")
+    finetuned = encoder_tensors(result.model_dir)
+    assert pretrained.keys() == finetuned.keys() and len(pretrained) > 10
+    # the fine-tuning stage as it ran (its config names the pretraining stage's folder) builds from those weights
+    stage_config = load_train_config(result.stage_dirs[1] / "config.yaml")
+    assert stage_config.model.encoder == str(result.stage_dirs[0] / "model")
+    model, mc = get_recipe(stage_config).build_model(None)
+    assert mc.num_classes == 8 and list(mc.video.widths) == [16, 32, 64, 128]  # the classes, the encoder's sizes
+    start = {f"video_encoder.{k}": v for k, v in model.video_encoder.state_dict().items()}
+    for name, tensor in pretrained.items():
+        torch.testing.assert_close(start[name], tensor, msg=name)
+    # and fine-tuning changed them
+    assert any(not torch.equal(finetuned[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
+
+
+def test_linear_probe_keeps_the_encoder(two_stage_run, shapes_root: Path, tmp_path: Path) -> None:
+    from vidlab.engine.runner import train
+
+    pretrained_folder = two_stage_run.stage_dirs[0] / "model"
+    stage = finetune_stage(encoder=str(pretrained_folder), freeze_encoder=True)
+    config = {
+        **{k: v for k, v in stage.items() if k != "name"},
+        "name": "probe",
+        "output_dir": str(tmp_path / "runs"),
+        "trainer": {"accelerator": "cpu", "max_epochs": 1},
+        "optim": {"lr": 1.0e-2},
+        "logging": {"tensorboard": False, "progress_bar": False},
+    }
+    config["data"]["root"] = str(shapes_root)
+    config["eval"]["after_train"] = False
+    result = train(load_train_config(write(tmp_path / "probe.yaml", config)))
+    from safetensors.torch import load_file
+
+    pretrained = load_file(str(pretrained_folder / "model.safetensors"))
+    probed = load_file(str(result.model_dir / "model.safetensors"))
+    for name, tensor in probed.items():  # weights AND BatchNorm statistics: the frozen encoder stays in eval mode
+        if name.startswith("video_encoder."):
+            assert torch.equal(tensor, pretrained[name]), name
+    assert probed["head.weight"].shape == (8, 128)
+
+
+def test_two_stage_config_file_loads() -> None:
+    from vidlab.engine.config import resolve_stages
+
+    stages = resolve_stages(load_train_config(Path(__file__).parents[2] / "configs/gdt/shapes_pretrain_finetune.yaml"))
+    assert [(s.name, s.config.recipe) for s in stages] == [("pretrain", "gdt"), ("finetune", "gdt_finetune")]
+    assert stages[1].config.model.encoder == "stage:pretrain"
+
+
+@pytest.mark.parametrize(
+    ("model", "eval_", "message"),
+    [
+        ({"encoder": "/nonexistent/model"}, {}, "model.encoder: /nonexistent/model not found"),
+        ({"encoder": None, "num_classes": 0}, {}, "model.num_classes must be a positive integer or 'auto'"),
+        ({"encoder": None}, {"spatial_views": 2}, "eval.spatial_views must be 1 or 3"),
+        ({"encoder": None, "num_classes": 3}, {}, "has label"),
+    ],
+)
+def test_finetune_config_errors(shapes_root: Path, tmp_path: Path, model: dict, eval_: dict, message: str) -> None:
+    stage = finetune_stage(**model)
+    config = {**{k: v for k, v in stage.items() if k != "name"}, "output_dir": str(tmp_path)}
+    config["data"]["root"] = str(shapes_root)
+    config["eval"].update(eval_)
+    with pytest.raises(ConfigError) as info:
+        recipe = recipe_of(config, tmp_path)
+        recipe.model_config()
+        recipe.eval_set("test")
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -51,6 +51,7 @@ FAMILY_MODULES = (
     "vidlab.models.vimpac",
     "vidlab.models.dalle_encoder",
     "vidlab.models.gdt",
+    "vidlab.models.gdt_classifier",
 )
 
 

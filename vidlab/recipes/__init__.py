@@ -6,7 +6,7 @@ Importing this package registers every recipe (and its config class) with the en
 import importlib
 
 RECIPE_MODULES = ("vidlab.recipes.fit", "vidlab.recipes.clip", "vidlab.recipes.evl", "vidlab.recipes.singularity",
-                  "vidlab.recipes.gdt")
+                  "vidlab.recipes.gdt", "vidlab.recipes.gdt_finetune")
 
 for _module in RECIPE_MODULES:
     importlib.import_module(_module)
