@@ -274,6 +274,23 @@ def test_two_stage_config_file_loads() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "recipe", "message"),
+    [
+        ("kinetics_av_pretrain", "gdt", "data.train"),
+        ("ucf101_finetune", "gdt_finetune", "model.encoder: /nowhere/gdt_K400.pth not found"),
+    ],
+)
+def test_official_setting_configs_load(name: str, recipe: str, message: str) -> None:
+    path = Path(__file__).parents[2] / f"configs/gdt/{name}.yaml"
+    overrides = ["data.root=/nowhere"] + (["model.encoder=/nowhere/gdt_K400.pth"] if recipe == "gdt_finetune" else [])
+    cfg = load_train_config(path, overrides)
+    assert cfg.recipe == recipe and cfg.data.num_frames == 30 and cfg.data.target_fps == 30
+    with pytest.raises(ConfigError) as info:  # data that is not there: one line naming the setting
+        get_recipe(cfg).train_sets()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("model", "eval_", "message"),
     [
         ({"encoder": "/nonexistent/model"}, {}, "model.encoder: /nonexistent/model not found"),
