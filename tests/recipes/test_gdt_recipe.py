@@ -309,3 +309,21 @@ def test_finetune_config_errors(shapes_root: Path, tmp_path: Path, model: dict, 
         recipe.model_config()
         recipe.eval_set("test")
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_classifier_answers_the_classifier_interface() -> None:
+    from vidlab.models import create_model
+    from vidlab.models.interface import VideoClassifier
+
+    sizes = {"video.layers": [1, 1, 1, 1], "video.widths": [16, 32, 64, 128], "num_classes": 5}
+    model = create_model("gdt-classifier-r2plus1d-18", **sizes)
+    assert isinstance(model, VideoClassifier)
+    torch.manual_seed(0)
+    video = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(video)
+        assert features.shape == (2, 128)
+        torch.testing.assert_close(model.forward_head(features), model(video))
+    frozen = create_model("gdt-classifier-r2plus1d-18", freeze_encoder=True, **sizes).train()
+    assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    assert not frozen.video_encoder.training and frozen.head.training
