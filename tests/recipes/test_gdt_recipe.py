@@ -327,3 +327,30 @@ def test_the_classifier_answers_the_classifier_interface() -> None:
     frozen = create_model("gdt-classifier-r2plus1d-18", freeze_encoder=True, **sizes).train()
     assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
     assert not frozen.video_encoder.training and frozen.head.training
+
+
+def test_other_process_negatives_come_through_the_engines_gather(shapes_root: Path, tmp_path: Path) -> None:
+    """A gather that returns a second process's rows after this one's: the loss is gdt_loss with those negatives."""
+    from vidlab.losses.gdt import gdt_loss
+
+    config = pretrain_config(shapes_root, tmp_path)
+    config["loss"]["hypothesis"] = 3
+    recipe = recipe_of(config, tmp_path)
+    train_set = recipe.train_sets()[0]
+    batch = train_set.collate([train_set.dataset[i] for i in range(2)])
+    model, _ = recipe.build_model(None)
+    model.eval()
+    calls: list[tuple[int, ...]] = []
+
+    def gather(local: torch.Tensor) -> torch.Tensor:  # rank 0 of 2: the other process holds the rows negated
+        calls.append(tuple(local.shape))
+        return torch.cat([local, -local.flip(0)])
+
+    with torch.no_grad():
+        loss = recipe.training_loss(model, batch, gather)
+        features = recipe.features(model, batch)
+        expected = gdt_loss(features, 3, gather=lambda t: torch.cat([t, -t.flip(0)]), rank=0).loss
+        alone = gdt_loss(features, 3).loss
+    assert calls == [(2, 4, 32)]  # one gather of the 4 features (v, a, vR, aR) of the 2 local clips
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, alone)
