@@ -354,3 +354,21 @@ def test_other_process_negatives_come_through_the_engines_gather(shapes_root: Pa
     assert calls == [(2, 4, 32)]  # one gather of the 4 features (v, a, vR, aR) of the 2 local clips
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, alone)
+
+
+def test_two_processes_pretrain_with_gathered_negatives_and_evaluate_like_one(shapes_root: Path, tmp_path: Path) -> None:
+    import json
+
+    from _torchrun import torchrun_train
+
+    from vidlab.engine.runner import evaluate
+
+    config = pretrain_config(shapes_root, tmp_path / "runs")
+    config["data"]["test"] = {"annotations": "annotations/captions_test.json", "format": "singularity"}
+    config["eval"]["after_train"] = True
+    config["loss"]["hypothesis"] = 2
+    done = torchrun_train(write(tmp_path / "config.yaml", config), tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "two" / "eval_test.json").read_text())
+    assert {"a2v_R1", "v2a_R1", "a2v_MedR"} <= set(report["metrics"])
+    assert evaluate(tmp_path / "two" / "0-train" / "model") == pytest.approx(report["metrics"])
