@@ -52,3 +52,27 @@ def test_filterbank_peaks_at_the_tone():
     energies = log_filterbank(tone(0.5, hz=1000.0), RATE, win_s=0.02, step_s=0.01, num_filters=40, nfft=1024)
     centres = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 12000 / 700), 42)[1:-1] / 2595) - 1)
     assert abs(centres[energies.mean(axis=0).argmax()] - 1000.0) < 200
+
+
+def test_spec_augment_masks_one_band_and_one_span_of_the_preset_widths():
+    from vidlab.data.audio import SPEC_AUGMENT, spec_augment
+
+    spec = torch.rand(1, 40, 99) + 1.0  # no zero before masking
+    widths_f, widths_t = set(), set()
+    for seed in range(200):
+        out = spec_augment(spec, "medium", np.random.default_rng(seed))
+        zero = out == 0
+        rows, cols = zero.all(-1)[0], zero.all(-2)[0]
+        widths_f.add(int(rows.sum()))
+        widths_t.add(int(cols.sum()))
+        # everything else untouched, and the input kept
+        torch.testing.assert_close(out[~zero], spec[~zero])
+        assert bool((zero == (rows[None, :, None] | cols[None, None, :])).all())
+        for mask in (rows, cols):  # one contiguous band each
+            idx = torch.nonzero(mask).flatten()
+            assert len(idx) == 0 or int(idx[-1] - idx[0]) + 1 == len(idx)
+    assert (spec > 0).all()
+    assert widths_f == {0, 1, 2} and widths_t == {0, 1, 2, 3, 4, 5}  # int(U(0, F)) with F, T = 3, 6 (medium)
+    assert SPEC_AUGMENT["medium"] == (1, 1, 3, 6)
+    with pytest.raises(ConfigError, match="SpecAugment preset must be one of"):
+        spec_augment(spec, "loud", np.random.default_rng(0))
