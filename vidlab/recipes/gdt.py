@@ -174,10 +174,6 @@ class GdtViews(MediaDataset):
         return out
 
 
-def collate_gdt(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return collate_samples(samples)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The recipe
 
@@ -261,12 +257,12 @@ class GdtRecipe(Recipe):
     def train_sets(self) -> list[TrainSet]:
         if self.cfg.data.train is None:
             raise ConfigError("data.train is not set (an annotation file of videos with audio)")
-        return [TrainSet("train", self._dataset("train", train=True), self.cfg.data.batch_size, collate_gdt)]
+        return [TrainSet("train", self._dataset("train", train=True), self.cfg.data.batch_size, collate_samples)]
 
     def eval_set(self, split: str) -> EvalSet | None:
         if self.eval_source(split) is None:
             return None
-        return EvalSet(split, self._dataset(split, train=False), self.cfg.eval.batch_size, collate_gdt, self.records(split))
+        return EvalSet(split, self._dataset(split, train=False), self.cfg.eval.batch_size, collate_samples, self.records(split))
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -301,7 +297,8 @@ class GdtRecipe(Recipe):
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         num = len(outputs["index"])
-        result = fit_retrieval_metrics((outputs["embeds_audio"], outputs["embeds_video"]), CaptionIndex.from_text_to_video(torch.arange(num), num))
+        pairs = CaptionIndex.from_text_to_video(torch.arange(num), num)  # audio clip i belongs to video i
+        result = fit_retrieval_metrics((outputs["embeds_audio"], outputs["embeds_video"]), pairs)
         metrics: dict[str, float] = {}
         for direction, name in (("t2v", "a2v"), ("v2t", "v2a")):
             metrics.update({f"{name}_R{k}": result[direction][f"R{k}"] for k in RETRIEVAL_KS})
@@ -325,4 +322,4 @@ class GdtRecipe(Recipe):
         )
 
 
-__all__ = ["GdtAudio", "GdtRecipe", "GdtTrainConfig", "GdtViews", "PlainAndReversed", "VIEWS", "collate_gdt"]
+__all__ = ["GdtAudio", "GdtRecipe", "GdtTrainConfig", "GdtViews", "PlainAndReversed", "VIEWS"]
