@@ -372,3 +372,22 @@ def test_two_processes_pretrain_with_gathered_negatives_and_evaluate_like_one(sh
     report = json.loads((tmp_path / "two" / "eval_test.json").read_text())
     assert {"a2v_R1", "v2a_R1", "a2v_MedR"} <= set(report["metrics"])
     assert evaluate(tmp_path / "two" / "0-train" / "model") == pytest.approx(report["metrics"])
+
+
+def test_an_official_gdt_checkpoint_is_an_encoder() -> None:
+    from vidlab.golden import golden_dir
+    from vidlab.models import create_model
+    from vidlab.models.gdt_classifier import encoder_sizes
+
+    official = golden_dir(Path(__file__).parents[2]) / "files" / "gdt_model" / "checkpoint.pth"
+    if not official.is_file():
+        pytest.skip(f"no official GDT checkpoint at {official}")
+    sizes = encoder_sizes(official)
+    assert sizes["video.layers"] == [2, 2, 2, 2] and sizes["video.widths"] == [64, 128, 256, 512]
+    classifier = create_model("gdt-classifier-r2plus1d-18", num_classes=51, **sizes)
+    report = classifier.load_encoder(official)
+    assert report.ok and report.kept_from_init == ["head.weight", "head.bias"]
+    assert any(k.startswith("audio_encoder.") for k in report.ignored)
+    gdt = create_model(checkpoint=official)
+    for name, tensor in gdt.video_encoder.state_dict().items():
+        assert torch.equal(classifier.video_encoder.state_dict()[name], tensor), name
