@@ -391,3 +391,22 @@ def test_an_official_gdt_checkpoint_is_an_encoder() -> None:
     gdt = create_model(checkpoint=official)
     for name, tensor in gdt.video_encoder.state_dict().items():
         assert torch.equal(classifier.video_encoder.state_dict()[name], tensor), name
+
+
+def test_a_video_without_audio_is_a_bad_sample(tmp_path: Path) -> None:
+    from vidlab.data.quality import BAD_SAMPLES_KEY, BadSampleError
+    from vidlab.testing.media import make_video
+
+    for name, audio in (("a.mp4", True), ("b.mp4", True), ("silent.mp4", False)):
+        make_video(tmp_path / name, num_frames=30, fps=10.0, size=(48, 48), audio=audio)
+    (tmp_path / "list.txt").write_text("a.mp4 0\nb.mp4 0\nsilent.mp4 0\n")
+    config = pretrain_config(tmp_path, tmp_path / "runs")
+    config["data"]["train"] = config["data"]["test"] = {"annotations": "list.txt", "format": "evl"}
+    recipe = recipe_of(config, tmp_path)
+    sample = recipe.train_sets()[0].dataset[2]  # training: replaced by another video, and reported
+    assert sample["index"] in (0, 1) and sample["audio"].shape == (4, 1, 40, 99)
+    bad = sample[BAD_SAMPLES_KEY]  # the substitute is drawn at random: the silent file may come up again
+    assert bad and {b.path for b in bad} == {str(tmp_path / "silent.mp4")}
+    assert all("audio" in b.reason for b in bad)
+    with pytest.raises(BadSampleError, match="silent.mp4"):  # evaluation: stops at the file
+        recipe.eval_set("test").dataset[2]
