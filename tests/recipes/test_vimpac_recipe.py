@@ -17,7 +17,7 @@ from vidlab.data.formats import read_source
 from vidlab.data.token_store import TokenStore, store_name, view_specs
 from vidlab.data.tokenize import split_stores, tokenize_videos
 from vidlab.engine.config import load_train_config
-from vidlab.engine.recipe import get_recipe
+from vidlab.engine.recipe import EvalContext, get_recipe
 from vidlab.models.checkpoint import save_vidlab_checkpoint
 from vidlab.models.factory import create_model, model_config
 
@@ -160,6 +160,23 @@ def test_tokenizer_pretrain_finetune_run(shapes_root, tmp_path):
     assert finetuned.head is not None and finetuned.mlm_head is None and finetuned.nce_head is None
 
 
+def test_vqvae_recipe_evaluates_reconstruction(shapes_root, tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    config = {key: cfg[key] for key in ("recipe", "name", "model", "data")}
+    config["data"] = {**config["data"], "root": str(shapes_root), "shapesbench": None, "num_workers": 0}
+    recipe = recipe_of(config, tmp_path)
+    (train,) = recipe.train_sets()
+    assert train.collate([train.dataset[0], train.dataset[1]])["frames"].shape == (8, 3, 32, 32)
+    evaluation = recipe.eval_set("val")
+    model, _ = recipe.build_model(None)
+    batch = evaluation.collate([evaluation.dataset[i] for i in range(len(evaluation.dataset))])
+    with torch.no_grad():
+        rows = recipe.eval_step(model.eval(), batch)
+    metrics = recipe.eval_metrics(rows, EvalContext("val"))
+    assert set(metrics) == {"mse", "psnr", "codes_used", "perplexity"}
+    assert 1 <= metrics["codes_used"] <= 64 and 1 <= metrics["perplexity"] <= metrics["codes_used"] + 1e-6
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -176,3 +193,19 @@ def test_errors_are_one_line(shapes_root, tokenizer_folder, tmp_path, capsys, ch
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_finetune_starts_from_an_official_snapshot(tmp_path):
+    from vidlab import golden
+
+    snapshot = golden.golden_dir(Path(__file__).resolve().parents[2]) / "files" / "vimpac_model" / "last"
+    if not (snapshot / "classifier.pt").is_file():
+        pytest.skip("the golden VIMPAC snapshot is not here")
+    config = {"recipe": "vimpac", "task": "finetune", "init_from": str(snapshot), "data": {"train": {"split": "train"}},
+              "model": {"base": "vimpac-tiny", "vocab_size": 8192, "num_classes": 5}}
+    recipe = recipe_of(config, tmp_path)
+    model, cfg = recipe.build_model(recipe.cfg.init_from)
+    official = torch.load(snapshot / "classifier.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.embedding.weight, official["backbone.embedding.weight"])
+    assert model.mlm_head is None and model.nce_head is None  # the pre-training heads are dropped
+    assert cfg.num_classes == 5 and not model.head.weight.any()  # the classifier starts at zero
