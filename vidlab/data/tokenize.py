@@ -87,12 +87,13 @@ def tokenize_videos(
     jobs: list[TokenizeJob] = []
     for index, (store, spec) in enumerate(zip(opened, stores.values())):
         write_text_atomic(store.path / ARGS_FILE, json.dumps({**asdict(spec), **(settings or {})}, indent=2) + "\n")
-        done = set(store.keys())
+        done, queued = set(store.keys()), set()
         for path, label in videos:
             key = record_key(path, media_root)
             if key in done:
                 summary.skipped += 1
-            else:
+            elif key not in queued:  # a video listed twice is tokenized once (official load_anno)
+                queued.add(key)
                 jobs.append(TokenizeJob(str(path), key, int(label), spec, index, backend))
     pending: list[list[tuple[str, np.ndarray, int]]] = [[] for _ in opened]
     failed: list[list[str]] = [[] for _ in opened]

@@ -7,7 +7,8 @@
 - `VQVAE` (family `vqvae`): a conv encoder (`downsample` = 2^k stride-2 convs + a residual block) to `code_dim`
   vectors, a codebook of `vocab_size` codes (nearest code in L2, straight-through gradients, codebook loss +
   `beta` x commitment loss as in van den Oord et al. 2017; codes unused for a training batch are restarted
-  at random encoder outputs so none stays dead), and the mirrored decoder. Small enough to fit ShapesBench on
+  at random encoder outputs so none stays dead; under DDP the codes dead on every process, rank 0's draw), and
+  the mirrored decoder. Small enough to fit ShapesBench on
   a CPU in a few hundred steps, so VIMPAC runs end to end with no downloads (`vidlab train` recipe `vqvae`).
 """
 
@@ -108,10 +109,16 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def _restart_dead_codes(self, z: Tensor, codes: Tensor) -> None:
         used = torch.bincount(codes.flatten(), minlength=self.vocab_size) > 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            used = used.float()
+            torch.distributed.all_reduce(used)  # dead on every process
+            used = used > 0
         dead = (~used).nonzero().flatten()
         if len(dead):
             flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
             self.codebook.weight[dead] = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.broadcast(self.codebook.weight, 0)  # every process keeps rank 0's codebook
 
     def forward(self, frames: Tensor) -> VQOutput:
         """Frames in [-1, 1] -> reconstruction, codes and the two loss terms."""
