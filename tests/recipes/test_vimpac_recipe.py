@@ -209,3 +209,27 @@ def test_finetune_starts_from_an_official_snapshot(tmp_path):
     assert torch.equal(model.backbone.embedding.weight, official["backbone.embedding.weight"])
     assert model.mlm_head is None and model.nce_head is None  # the pre-training heads are dropped
     assert cfg.num_classes == 5 and not model.head.weight.any()  # the classifier starts at zero
+
+
+def test_killed_pretraining_resumes_exactly(shapes_root, tokenizer_folder, tmp_path):
+    """Masks (Python's RNG), clip draws (keyed by seed, epoch, index) and dropout all continue as a straight run."""
+    import lightning.pytorch as pl
+    from _fit_setup import read_weights
+
+    from vidlab.engine.runner import train
+
+    class PowerCut(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 3:
+                raise RuntimeError("power cut")
+
+    cfg = stage_config(shapes_root, tokenizer_folder, tmp_path / "tok", trainer={"max_epochs": 2},
+                       checkpoint={"keep": -1, "every_n_steps": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    straight = train(load_train_config(path, [f"run_dir={tmp_path / 'straight'}"]))
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(load_train_config(path, [f"run_dir={tmp_path / 'killed'}"]), callbacks=[PowerCut()])
+    resumed = train(load_train_config(path, [f"run_dir={tmp_path / 'killed'}", "resume=auto"]))
+    a, b = read_weights(straight.model_dir), read_weights(resumed.model_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
