@@ -118,6 +118,19 @@ def test_masked_tokens_learnt_on_a_fixed_batch(shapes_root, tokenizer_folder, tm
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_label_fraction_keeps_each_class(shapes_root, tokenizer_folder, tmp_path):
+    config = stage_config(shapes_root, tokenizer_folder, tmp_path / "tok", task="finetune")
+    config["data"]["test"] = None
+    full = recipe_of(config, tmp_path).keys("train")
+    config["data"]["train"] = {**config["data"]["train"], "fraction": 0.1}
+    recipe = recipe_of(config, tmp_path)
+    few = recipe.keys("train")
+    labels = {label for _, label in motion_videos(shapes_root)}
+    assert set(few) < set(full) and len(few) == len(labels)  # one video per class (ceil of 10 %)
+    assert {recipe._first_store("train").get(k)[1] for k in few} == labels
+    assert recipe_of(config, tmp_path).keys("train") == few  # seeded
+
+
 def test_two_clips_share_one_masked_forward(shapes_root, tokenizer_folder, tmp_path):
     recipe = recipe_of(stage_config(shapes_root, tokenizer_folder, tmp_path / "tok"), tmp_path)
     (train,) = recipe.train_sets()

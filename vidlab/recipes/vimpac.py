@@ -29,7 +29,9 @@ stage:pretrain`), after a `vqvae` stage that trains the tokenizer (configs/vimpa
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,7 @@ class TokenSplitConfig:
     format: str = "evl"
     media_root: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # reader options
+    fraction: float = 1.0  # keep this fraction of the videos of each class (label-efficiency runs)
 
 
 @dataclass
@@ -185,23 +188,37 @@ class VimpacRecipe(Recipe):
         distributed.barrier()
 
     def keys(self, split: str) -> list[str] | None:
-        """The videos of a split: its annotations' keys that the stores hold (None: every stored video)."""
+        """The videos of a split: its annotations' keys that the stores hold (None: every stored video), the
+        `fraction` of them kept per class (seeded by `seed`: the same subset in every stage of a run)."""
         if split not in self._keys:
             self.prepare_data()
-            records = self._split_records(split)
-            if records is None:
-                self._keys[split] = None
-            else:
-                source, stored = self.cfg.data[split], set(self._first_store(split).keys())
+            source, records = self.cfg.data[split], self._split_records(split)
+            keys: list[str] | None = None
+            if records is not None:
+                stored = set(self._first_store(split).keys())
                 media = Path(self.cfg.data.root) / (source.media_root or "")
-                wanted = [record_key(r.path, media) for r in records]
-                kept = [k for k in wanted if k in stored]
-                if len(kept) < len(wanted):
-                    log.warning("data.%s: %d of %d videos are not in the token stores (unreadable?)", split, len(wanted) - len(kept), len(wanted))
-                if not kept:
+                wanted = list(dict.fromkeys(record_key(r.path, media) for r in records))
+                keys = [k for k in wanted if k in stored]
+                if len(keys) < len(wanted):
+                    log.warning("data.%s: %d of %d videos are not in the token stores (unreadable?)", split, len(wanted) - len(keys), len(wanted))
+                if not keys:
                     raise ConfigError(f"data.{split}: none of its videos is in {self._first_store(split).path}")
-                self._keys[split] = kept
+            if source.fraction < 1.0:
+                keys = self._per_class_fraction(split, keys if keys is not None else self._first_store(split).keys(), source.fraction)
+            self._keys[split] = keys
         return self._keys[split]
+
+    def _per_class_fraction(self, split: str, keys: list[str], fraction: float) -> list[str]:
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"data.{split}.fraction must be in (0, 1], got {fraction}")
+        store, by_class = self._first_store(split), defaultdict(list)
+        for key in keys:
+            by_class[store.get(key)[1]].append(key)
+        rng, kept = random.Random(self.cfg.seed), set()
+        for label in sorted(by_class):
+            members = sorted(by_class[label])
+            kept.update(rng.sample(members, max(1, math.ceil(fraction * len(members)))))
+        return [k for k in keys if k in kept]
 
     def _first_store(self, split: str) -> TokenStore:
         return TokenStore(next(iter(self.stores(split))))
