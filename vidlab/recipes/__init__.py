@@ -5,7 +5,14 @@ Importing this package registers every recipe (and its config class) with the en
 
 import importlib
 
-RECIPE_MODULES = ("vidlab.recipes.fit", "vidlab.recipes.clip", "vidlab.recipes.evl", "vidlab.recipes.singularity")
+RECIPE_MODULES = (
+    "vidlab.recipes.fit",
+    "vidlab.recipes.clip",
+    "vidlab.recipes.evl",
+    "vidlab.recipes.singularity",
+    "vidlab.recipes.vqvae",
+    "vidlab.recipes.vimpac",
+)
 
 for _module in RECIPE_MODULES:
     importlib.import_module(_module)
