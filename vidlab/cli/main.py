@@ -14,7 +14,7 @@ from typing import Sequence
 from vidlab.errors import VidlabError
 
 # Modules under vidlab.cli that define `register(subparsers)`; each adds one top-level command.
-COMMAND_MODULES = ("data", "bench", "convert", "train", "eval", "demo", "experiment")
+COMMAND_MODULES = ("data", "bench", "convert", "train", "eval", "demo", "experiment", "tokenize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -221,6 +221,16 @@ def _strategy(cfg: DictConfig, recipe: Recipe) -> Any:
     )
 
 
+def _after_existing_events(log_dir: Path) -> None:
+    """Wait (at most a second) until a new TensorBoard event file sorts after the folder's others: readers order
+    them by the whole second in their names, then by process id, and a resumed run's purge of the killed run's
+    points only works when its file comes later."""
+    names = [p.name.split(".") for p in log_dir.glob("events.out.tfevents.*")]
+    stamps = [int(part[3]) for part in names if len(part) > 3 and part[3].isdigit()]
+    if stamps and (wait := max(stamps) + 1 - time.time()) > 0:
+        time.sleep(wait)
+
+
 def _loggers(cfg: DictConfig, stage_dir: Path, resumed_step: int | None) -> list[Any]:
     """The configured loggers; a resumed stage's TensorBoard log drops the points after the resumed step (a killed
     run logged them, the resumed run logs them again)."""
@@ -229,6 +239,8 @@ def _loggers(cfg: DictConfig, stage_dir: Path, resumed_step: int | None) -> list
         from lightning.pytorch.loggers import TensorBoardLogger
 
         purge = {"purge_step": resumed_step} if resumed_step is not None else {}
+        if resumed_step is not None:
+            _after_existing_events(stage_dir / "tensorboard")
         loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard", version="", **purge))
     if cfg.logging.wandb:
         try:

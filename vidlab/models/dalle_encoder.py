@@ -94,6 +94,8 @@ class EncoderBlock(nn.Module):
 class DalleEncoder(nn.Module):
     """Images (B, C, H, W) in the dVAE's pixel range -> logits (B, vocab_size, H/8, W/8)."""
 
+    downsample = 8  # the FrameTokenizer interface (vidlab.models.vq_tokenizer): tokens per 8x8 pixels
+
     def __init__(self, cfg: DictConfig):
         super().__init__()
         if cfg.group_count != 4:

@@ -50,6 +50,7 @@ FAMILY_MODULES = (
     "vidlab.models.singularity",
     "vidlab.models.vimpac",
     "vidlab.models.dalle_encoder",
+    "vidlab.models.vq_tokenizer",
     "vidlab.models.gdt",
     "vidlab.models.gdt_classifier",
 )
