@@ -368,6 +368,21 @@ class CropEmbeddings:
     temporal_small: list[Tensor]
 
 
+def video_pooling(width: int, pooling: DictConfig) -> TransformerPooling | None:
+    """STiCA's transformer pooling of the video map, or None for GDT's average pooling (`pooling.num_layers` 0)."""
+    if pooling.num_layers == 0:
+        return None
+    return TransformerPooling(
+        width,
+        pooling.num_layers,
+        num_heads=pooling.num_heads,
+        ffn_dim=pooling.ffn_dim,
+        dropout=pooling.dropout,
+        qkv_projections=pooling.qkv_projections,
+        positional_embedding=pooling.positional_embedding,
+    )
+
+
 class GDT(nn.Module):
     """Audio-visual (or video-text) GDT / STiCA: `forward(video, audio_or_ids) -> (video, other) embeddings`."""
 
@@ -377,21 +392,8 @@ class GDT(nn.Module):
         self.normalize = bool(cfg.normalize)
         self.video_encoder = R2Plus1DEncoder(cfg.video.layers, cfg.video.widths)
         width = self.video_encoder.out_channels
-        pooling = cfg.pooling
-        self.time_steps = int(pooling.time_steps)
-        self.video_pooling = (
-            TransformerPooling(
-                width,
-                pooling.num_layers,
-                num_heads=pooling.num_heads,
-                ffn_dim=pooling.ffn_dim,
-                dropout=pooling.dropout,
-                qkv_projections=pooling.qkv_projections,
-                positional_embedding=pooling.positional_embedding,
-            )
-            if pooling.num_layers > 0
-            else None
-        )
+        self.time_steps = int(cfg.pooling.time_steps)
+        self.video_pooling = video_pooling(width, cfg.pooling)
         head = dict(hidden_dim=cfg.head.hidden_dim, dropout=cfg.head.dropout)
         self.video_head = ProjectionHead(width, cfg.embed_dim, **head)
         if cfg.modality == "audio":
@@ -708,6 +710,7 @@ register_checkpoint_format(
 
 __all__ = [
     "GDT",
+    "video_pooling",
     "AudioResNet",
     "CropEmbeddings",
     "FeatureCrops",

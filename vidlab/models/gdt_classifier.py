@@ -32,7 +32,7 @@ from vidlab.models.clip import unchanged_state_dict
 from vidlab.models.errors import ModelInputError
 from vidlab.models.factory import ModelFamily, read_checkpoint, register_family
 from vidlab.models.gdt import FAMILY as GDT_FAMILY
-from vidlab.models.gdt import GDTPoolingConfig, GDTVideoConfig, R2Plus1DEncoder, TransformerPooling, check_gdt_config
+from vidlab.models.gdt import GDTPoolingConfig, GDTVideoConfig, R2Plus1DEncoder, check_gdt_config, video_pooling
 from vidlab.models.layers import check_drop_rates
 
 logger = logging.getLogger(__name__)
@@ -60,21 +60,8 @@ class GDTClassifier(nn.Module):
         self.freeze_encoder = bool(cfg.freeze_encoder)
         self.video_encoder = R2Plus1DEncoder(cfg.video.layers, cfg.video.widths)
         width = self.video_encoder.out_channels
-        pooling = cfg.pooling
-        self.time_steps = int(pooling.time_steps)
-        self.video_pooling = (
-            TransformerPooling(
-                width,
-                pooling.num_layers,
-                num_heads=pooling.num_heads,
-                ffn_dim=pooling.ffn_dim,
-                dropout=pooling.dropout,
-                qkv_projections=pooling.qkv_projections,
-                positional_embedding=pooling.positional_embedding,
-            )
-            if pooling.num_layers > 0
-            else None
-        )
+        self.time_steps = int(cfg.pooling.time_steps)
+        self.video_pooling = video_pooling(width, cfg.pooling)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(width, cfg.num_classes)
         if self.freeze_encoder:

@@ -24,7 +24,6 @@ engine, with the official data pipeline, loss and multi-view test protocol.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +32,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vidlab.data.datasets import VideoLabelDataset, collate_samples
+from vidlab.data.datasets import VideoLabelDataset
 from vidlab.data.formats import MediaRecord
-from vidlab.data.quality import BAD_SAMPLES_KEY
+from vidlab.data.labelled import LabelledSourceConfig, collate_clips, collate_views, read_class_names
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
@@ -66,20 +65,10 @@ REPORT_FILE = "report.html"
 
 
 @dataclass
-class EvlSourceConfig:
-    """A labelled split: an annotation file (or the dataset folder of `class_folders`) and its media root."""
-
-    annotations: str = MISSING  # relative paths are relative to data.root
-    format: str = "evl"  # evl (list file) | class_folders | ucf101 | hmdb51 | any labelled vidlab.data.formats reader
-    media_root: str | None = None  # default: data.root
-    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {split: train} for class_folders
-
-
-@dataclass
 class EvlDataConfig(DataConfig):
-    train: EvlSourceConfig | None = None
-    val: EvlSourceConfig | None = None
-    test: EvlSourceConfig | None = None
+    train: LabelledSourceConfig | None = None
+    val: LabelledSourceConfig | None = None
+    test: LabelledSourceConfig | None = None
     class_names: str | None = None  # JSON list or one name per line, index = label; relative to root
     batch_size: int = 256  # global: summed over all processes
     num_frames: int | None = None  # None: the model's num_frames; else the model is built for this many
@@ -110,19 +99,6 @@ class EvlTrainConfig(TrainConfig):
 # Data
 
 
-def read_class_names(path: Path) -> list[str]:
-    """Class names, index = label: a JSON list (EVL's k400_class_mappings.json) or one name per line."""
-    if not path.is_file():
-        raise ConfigError(f"data.class_names: {path} not found")
-    text = path.read_text()
-    if path.suffix == ".json":
-        names = json.loads(text)
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"data.class_names: {path} must hold a JSON list of class names")
-        return names
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 class SyntheticClips(Dataset):
     """Random normalised frames of a fixed shape and random labels, a pure function of (seed, index):
     what the data pipeline would deliver, without decoding, to time the model alone."""
@@ -142,22 +118,6 @@ class SyntheticClips(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         label = int(torch.randint(self.num_classes, (), generator=generator))
         return {"video": torch.randn(self.clip_shape, generator=generator), "label": label, "index": index}
-
-
-def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Training batch: clips (B, T, C, H, W), labels, dataset indices (and the bad files met)."""
-    batch = collate_samples(samples)
-    return {key: batch[key] for key in ("video", "label", "index", BAD_SAMPLES_KEY) if key in batch}
-
-
-def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Test batch: every view of every video, (N, V, T, C, H, W), V = spatial x temporal views."""
-    views = [s["video"].reshape(-1, *s["video"].shape[-4:]) for s in samples]
-    return {
-        "video": torch.stack(views),
-        "label": torch.tensor([s["label"] for s in samples]),
-        "index": torch.tensor([s["index"] for s in samples]),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -441,7 +401,7 @@ __all__ = [
     "EvlDataConfig",
     "EvlEvalConfig",
     "EvlRecipe",
-    "EvlSourceConfig",
+    "LabelledSourceConfig",
     "EvlTrainConfig",
     "SyntheticClips",
     "collate_clips",

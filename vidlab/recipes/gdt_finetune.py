@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from vidlab.data.datasets import VideoLabelDataset
 from vidlab.data.formats import MediaRecord
+from vidlab.data.labelled import LabelledSourceConfig, collate_clips, collate_views, read_class_names
 from vidlab.data.transforms import build_transform, resolve_transform_config
 from vidlab.engine.config import DataConfig, EvalConfig, TrainConfig
 from vidlab.engine.data import TrainSet
@@ -50,7 +51,6 @@ from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import create_model_with_report, resolve_model_config
 from vidlab.models.gdt_classifier import FAMILY, encoder_sizes
-from vidlab.recipes.evl import EvlSourceConfig, collate_clips, collate_views, read_class_names
 from vidlab.tasks.classification import check_views, classification_metrics, multiview_scores
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class GdtFinetuneDataConfig(DataConfig):
-    train: EvlSourceConfig | None = None
-    val: EvlSourceConfig | None = None
-    test: EvlSourceConfig | None = None
+    train: LabelledSourceConfig | None = None
+    val: LabelledSourceConfig | None = None
+    test: LabelledSourceConfig | None = None
     class_names: str | None = None  # JSON list or one name per line, index = label; relative to root
     batch_size: int = 32  # global
     num_frames: int = 30

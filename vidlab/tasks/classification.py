@@ -1,6 +1,6 @@
 """Classification with multi-view testing (spatial crops x temporal clips): the one implementation EVL uses and
 VIMPAC (3 crops x N clips) and GDT (3 crops x 10 clips) plug into. A test video arrives as (V, T, C, H, W) clips,
-V = spatial x temporal views (`vidlab.data.datasets.collate_views`); each view is classified, the softmax of
+V = spatial x temporal views (`vidlab.data.labelled.collate_views`); each view is classified, the softmax of
 each is averaged (`multiview_scores`), and top-k / mean-class accuracy are computed on the averages.
 """
 
