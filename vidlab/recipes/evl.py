@@ -50,7 +50,7 @@ from vidlab.models.clip_weights import recorded_vision_sizes
 from vidlab.models.evl import FAMILY, EVLDecoderLayer
 from vidlab.models.factory import Decided, create_model_with_report, resolve_model_config
 from vidlab.report import Figure, Paragraph, Preformatted, Report, Section, Table, write_report
-from vidlab.tasks.classification import check_views, classification_metrics, confusion_matrix, multiview_scores
+from vidlab.tasks.classification import check_views, classification_metrics, confusion_matrix, multiview_rows
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +312,7 @@ class EvlRecipe(Recipe):
         return F.cross_entropy(model(batch["video"]).float(), batch["label"])
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            "scores": multiview_scores(model, batch["video"]),
-            "label": batch["label"],
-            "index": batch["index"],
-            "num_views": torch.full_like(batch["index"], batch["video"].shape[1]),
-        }
+        return multiview_rows(model, batch)
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         return classification_metrics(outputs["scores"], outputs["label"])

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -51,7 +50,7 @@ from vidlab.errors import ConfigError
 from vidlab.io.sampling import make_sampler
 from vidlab.models.factory import create_model_with_report, resolve_model_config
 from vidlab.models.gdt_classifier import FAMILY, encoder_sizes
-from vidlab.tasks.classification import check_views, classification_metrics, multiview_scores
+from vidlab.tasks.classification import check_views, classification_metrics, multiview_rows
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +238,7 @@ class GdtFinetuneRecipe(Recipe):
         return F.cross_entropy(model(batch["video"]).float(), batch["label"])
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            "scores": multiview_scores(model, batch["video"]),
-            "label": batch["label"],
-            "index": batch["index"],
-            "num_views": torch.full_like(batch["index"], batch["video"].shape[1]),
-        }
+        return multiview_rows(model, batch)
 
     def eval_metrics(self, outputs: dict[str, Tensor], context: EvalContext) -> dict[str, float]:
         return classification_metrics(outputs["scores"], outputs["label"])

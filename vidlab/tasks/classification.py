@@ -32,6 +32,18 @@ def multiview_scores(classify: Callable[[torch.Tensor], torch.Tensor], clips: to
     return average_views(classify(clips.flatten(0, 1)).view(num_videos, num_views, -1))
 
 
+def multiview_rows(classify: Callable[[torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A classification recipe's evaluation rows of a multi-view batch (`vidlab.data.labelled.collate_views`): the
+    view-averaged `scores`, `label`, the dataset `index` and `num_views`."""
+    clips = batch["video"]
+    return {
+        "scores": multiview_scores(classify, clips),
+        "label": batch["label"],
+        "index": batch["index"],
+        "num_views": torch.full_like(batch["index"], clips.shape[1]),
+    }
+
+
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """`top1`, `top5` (capped at the class count) and `mean_class_acc`, in percent."""
     result = accuracy(scores, labels, topk=(1, min(5, scores.shape[1])))
