@@ -20,6 +20,7 @@ from _fit_setup import tiny_config as fit_config
 from _singularity_setup import make_text_folder as make_singularity_text
 from _singularity_setup import tiny_config as singularity_config
 from test_clip_recipe import clip_tiny_config
+from test_gdt_recipe import pretrain_config as gdt_config
 
 from vidlab.engine.config import load_train_config
 from vidlab.engine.runner import train
@@ -45,6 +46,10 @@ def _config(recipe: str, shapes_root: Path, folders: dict[str, Path], out: Path)
         "clip": lambda: {**clip_tiny_config(shapes_root, folders["text"], out), "trainer": {"accelerator": "cpu", "max_epochs": 2}},
         "evl": lambda: evl_config(shapes_root, folders["clip"], out),
         "singularity": lambda: singularity_config(shapes_root, folders["singularity_text"], out),
+        "gdt": lambda: {
+            **gdt_config(shapes_root, out), "loss": {"hypothesis": 2},
+            "trainer": {"accelerator": "cpu", "max_epochs": 2, "log_every_n_steps": 1},
+        },
     }[recipe]()
     config["checkpoint"] = {"every_n_steps": 1, "keep": 1}
     config["logging"] = {"tensorboard": True, "progress_bar": False}
@@ -64,7 +69,7 @@ def _killed(config: Path, run_dir: Path, *args: str) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("recipe", ["fit", "clip", "evl", "singularity"])
+@pytest.mark.parametrize("recipe", ["fit", "clip", "evl", "singularity", "gdt"])
 def test_killed_at_a_random_step_and_during_a_checkpoint_write_resumes_exactly(recipe, shapes_root, folders, tmp_path):
     config, steps = _config(recipe, shapes_root, folders, tmp_path)
     straight = train(load_train_config(config, [f"run_dir={tmp_path / 'straight'}"]))
