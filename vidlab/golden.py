@@ -145,6 +145,52 @@ class Mismatches:
             raise GoldenMismatch(f"{self.case}: {len(self.items)} of {self.checked} checks differ:\n  {shown}{tail}")
 
 
+Outputs = dict[str, Callable[[], torch.Tensor]]  # golden tensor name -> how vidlab computes it (lazily)
+
+
+def suggested_tolerance(spec: dict[str, Any], *keys: str) -> tuple[float, float]:
+    """(atol, rtol) a case's json suggests under `tolerance(s).suggested` (the first of `keys` present there
+    replaces `atol`), else the golden defaults."""
+    suggested = spec.get("tolerance", spec.get("tolerances", {})).get("suggested", {})
+    atol = next((float(suggested[k]) for k in keys if k in suggested), float(suggested.get("atol", TENSOR_ATOL)))
+    return atol, float(suggested.get("rtol", TENSOR_RTOL))
+
+
+def expected_outputs(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors of a case that vidlab must reproduce: its `output.` and `debug.` entries."""
+    return [name for name in tensors if name.startswith(("output.", "debug."))]
+
+
+def compare_outputs(
+    found: Mismatches,
+    tensors: dict[str, torch.Tensor],
+    computed: Outputs,
+    names: list[str] | None = None,
+    tolerance: tuple[float, float] | Callable[[str], tuple[float, float]] = (TENSOR_ATOL, TENSOR_RTOL),
+    label: str = "",
+) -> None:
+    """Each named tensor (default: `expected_outputs`) needs a vidlab counterpart in `computed`: integer tensors
+    equal, float ones close at `tolerance` (a pair, or a function of the name)."""
+    prefix = f"{label}: " if label else ""
+    with torch.no_grad():
+        for name in expected_outputs(tensors) if names is None else names:
+            if name not in computed:
+                found.expect(False, f"{prefix}no vidlab counterpart for {name}")
+                continue
+            got, want = computed[name](), tensors[name]
+            if tuple(got.shape) != tuple(want.shape):
+                found.expect(False, f"{prefix}{name}: shape {tuple(got.shape)}, golden {tuple(want.shape)}")
+            elif not want.is_floating_point():
+                got = got.to(want.dtype)
+                found.expect(torch.equal(got, want), f"{prefix}{name}: {int((got != want).sum())} values differ")
+            else:
+                atol, rtol = tolerance(name) if callable(tolerance) else tolerance
+                got = got.to(want.dtype)
+                diff = (got - want).abs().max().item() if want.numel() else 0.0
+                ok = torch.allclose(got, want, atol=atol, rtol=rtol)
+                found.expect(ok, f"{prefix}{name}: max abs diff {diff:.3g} (atol {atol}, rtol {rtol})")
+
+
 # A family's checker is "module:function" under vidlab.golden_checks, imported only when its cases run.
 FAMILIES: dict[str, str] = {
     "sampling": "sampling:check_sampling",

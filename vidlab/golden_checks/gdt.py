@@ -34,7 +34,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vidlab.data.audio import GDT_FILTERS, gdt_spectrogram
-from vidlab.golden import GoldenCase, Mismatches
+from vidlab.golden import (
+    TENSOR_ATOL,
+    TENSOR_RTOL,
+    GoldenCase,
+    Mismatches,
+    Outputs,
+    compare_outputs,
+    expected_outputs,
+    suggested_tolerance,
+)
 from vidlab.losses.gdt import GDT_TEMPERATURE, Gather, gdt_loss, gdt_plan, nce_logits, nce_loss
 from vidlab.models import create_model, create_model_with_report
 from vidlab.models.checkpoint import MappedStateDict, load_state_dict_strict
@@ -50,20 +59,12 @@ from vidlab.models.gdt import (
 )
 from vidlab.models.word2vec import Word2VecTokenizer, read_vocabulary
 
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
-Outputs = dict[str, Callable[[], Tensor]]
 _RANK_INPUT = re.compile(r"input\.rank(\d+)\.(\w+)$")
 _RANK_OUTPUT = re.compile(r"output\.rank(\d+)\.hyp(\d+)\.loss(?:_(\w+))?$")
 _GET_LOSS = re.compile(r"output\.get_loss\.t(\d+(?:p\d+)?)\.(loss|prob)$")  # t0p07: temperature 0.07
 _CROP = re.compile(r"(?:output|debug)\.crop\.(spatial|temporal)\.(large|small)\.(\d+)(\.sequence)?$")
 _PROBE = "debug.weight_probe."
 T = TypeVar("T")
-
-
-def _tolerance(spec: Mapping[str, Any], *keys: str) -> tuple[float, float]:
-    suggested = spec.get("tolerance", spec.get("tolerances", {})).get("suggested", {})
-    atol = next((float(suggested[k]) for k in keys if k in suggested), float(suggested.get("atol", DEFAULT_ATOL)))
-    return atol, float(suggested.get("rtol", DEFAULT_RTOL))
 
 
 def procedural_tensor(name: str, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
@@ -85,30 +86,6 @@ def procedural_tensor(name: str, shape: Sequence[int], dtype: torch.dtype) -> Te
 def procedural_state_dict(keys: Mapping[str, Sequence[Any]]) -> dict[str, Tensor]:
     """{official key: [shape, dtype name]} (a case's key listing) -> the procedural tensors."""
     return {key: procedural_tensor(key, shape, getattr(torch, dtype)) for key, (shape, dtype) in keys.items()}
-
-
-def _compare(found: Mismatches, tensors: Mapping[str, Tensor], computed: Outputs, names: Sequence[str],
-             tolerance: Callable[[str], tuple[float, float]], label: str) -> None:
-    """Each named tensor needs a vidlab counterpart: integer tensors equal, float ones close."""
-    with torch.no_grad():
-        for name in names:
-            if name not in computed:
-                found.expect(False, f"{label}: no vidlab counterpart for {name}")
-                continue
-            got, want = computed[name](), tensors[name]
-            if tuple(got.shape) != tuple(want.shape):
-                found.expect(False, f"{label}: {name}: shape {tuple(got.shape)}, golden {tuple(want.shape)}")
-            elif not want.is_floating_point():
-                found.expect(torch.equal(got.to(want.dtype), want), f"{label}: {name}: {got.tolist()} != golden {want.tolist()}")
-            else:
-                atol, rtol = tolerance(name)
-                ok = torch.allclose(got.to(want.dtype), want, atol=atol, rtol=rtol)
-                diff = (got.to(want.dtype) - want).abs().max().item() if want.numel() else 0.0
-                found.expect(ok, f"{label}: {name}: max abs diff {diff:.3g} (atol {atol}, rtol {rtol})")
-
-
-def _expected(tensors: Mapping[str, Tensor]) -> list[str]:
-    return [k for k in tensors if k.startswith(("output.", "debug."))]
 
 
 def _check_probes(found: Mismatches, tensors: Mapping[str, Tensor], weights: Mapping[str, Mapping[str, Tensor]]) -> None:
@@ -189,12 +166,12 @@ def _check_model_case(case: GoldenCase, found: Mismatches) -> None:
     created = create_model_with_report(cfg, checkpoint={"model": weights})
     ignored = set(created.report.ignored)
     found.expect(created.report.loaded + len(ignored) == len(weights), f"load report: {created.report.format()}")
-    model_tensors = [k for k in _expected(tensors) if not k.startswith((_PROBE, "output.audio.", "debug.audio."))]
-    atol, rtol = _tolerance(spec)
-    _compare(found, tensors, _model_outputs(created.model, video, audio), model_tensors, lambda n: (atol, rtol), "procedural weights")
-    audio_tensors = [k for k in _expected(tensors) if k.startswith(("output.audio.", "debug.audio."))]
-    audio_tol = _tolerance(spec, "audio_spec_atol")
-    _compare(found, tensors, _audio_outputs(spec, tensors), audio_tensors, lambda n: audio_tol, "audio front end")
+    model_tensors = [k for k in expected_outputs(tensors) if not k.startswith((_PROBE, "output.audio.", "debug.audio."))]
+    atol, rtol = suggested_tolerance(spec)
+    compare_outputs(found, tensors, _model_outputs(created.model, video, audio), model_tensors, (atol, rtol), "procedural weights")
+    audio_tensors = [k for k in expected_outputs(tensors) if k.startswith(("output.audio.", "debug.audio."))]
+    audio_tol = suggested_tolerance(spec, "audio_spec_atol")
+    compare_outputs(found, tensors, _audio_outputs(spec, tensors), audio_tensors, audio_tol, "audio front end")
     for entry in _case_files(case).values():
         expected_file = entry.get("expected_outputs", {}).get("path")
         if not entry.get("path", "").endswith(".pth") or expected_file is None:
@@ -202,7 +179,7 @@ def _check_model_case(case: GoldenCase, found: Mismatches) -> None:
         file_model = create_model(checkpoint=case.folder / entry["path"])  # the architecture from the file alone
         expected = load_file(case.folder / expected_file)
         outputs = _model_outputs(file_model, video, audio)  # type: ignore[arg-type]
-        _compare(found, expected, outputs, list(expected), lambda n: (atol, rtol), f"official file {entry['path']}")
+        compare_outputs(found, expected, outputs, list(expected), (atol, rtol), f"official file {entry['path']}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,9 +220,9 @@ def _check_text_case(case: GoldenCase, found: Mismatches) -> None:
     atols = spec.get("tolerances", {}).get("suggested_atol", {})
 
     def tolerance(name: str) -> tuple[float, float]:
-        return float(atols.get(name.rsplit(".", 1)[-1], DEFAULT_ATOL)), DEFAULT_RTOL
+        return float(atols.get(name.rsplit(".", 1)[-1], TENSOR_ATOL)), TENSOR_RTOL
 
-    _compare(found, tensors, outputs, _expected(tensors), tolerance, "text tower")
+    compare_outputs(found, tensors, outputs, expected_outputs(tensors), tolerance, "text tower")
     if "word2vec.pth" in files:  # the official files through the config: word vectors and vocabulary
         from_files = build_gdt(apply_overrides(cfg, {"text.word2vec": str(files["word2vec.pth"])}))
         found.expect(torch.equal(from_files.text_encoder.word_embedding.weight, word_vectors), "word2vec.pth differs from the case's word vectors")
@@ -351,8 +328,8 @@ def _check_loss_case(case: GoldenCase, found: Mismatches) -> None:
             outputs[name] = lambda t=_temperature(t): nce_loss(q, k, noise, t)
         else:  # official `prob`: % of rows whose column 0 is their max (column 0, not the diagonal: a quirk)
             outputs[name] = lambda t=_temperature(t): (lambda lg: (lg[:, 0] == lg.max(1).values).float().mean() * 100)(nce_logits(q, k, noise, t))
-    atol, rtol = _tolerance(spec)
-    _compare(found, tensors, outputs, _expected(tensors), lambda n: (atol, rtol), "gdt loss")
+    atol, rtol = suggested_tolerance(spec)
+    compare_outputs(found, tensors, outputs, expected_outputs(tensors), (atol, rtol), "gdt loss")
     batch = next(iter(features[0].values())).shape[0] if features else 0
     _check_bookkeeping(found, spec, world, batch)
 
@@ -465,8 +442,8 @@ def check_stica(case: GoldenCase) -> None:
             else:
                 outputs[name] = lambda e=getattr(embedded, f"{kind}_{size}")[position]: e
     _check_probes(found, tensors, generated)
-    atol, rtol = _tolerance(spec)
-    _compare(found, tensors, outputs, [k for k in _expected(tensors) if not k.startswith(_PROBE)], lambda n: (atol, rtol), "stica")
+    atol, rtol = suggested_tolerance(spec)
+    compare_outputs(found, tensors, outputs, [k for k in expected_outputs(tensors) if not k.startswith(_PROBE)], (atol, rtol), "stica")
     found.raise_if_any()
 
 

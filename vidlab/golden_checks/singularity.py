@@ -14,14 +14,14 @@ frame-mean similarity on the stub inputs the official `evaluation()` was run wit
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches
+from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches, Outputs, compare_outputs, suggested_tolerance
 from vidlab.models import create_model
 from vidlab.models.beit import beit_relative_position_index
 from vidlab.models.factory import apply_overrides
@@ -31,36 +31,11 @@ from vidlab.tasks.ensemble import FRAME_ENSEMBLES
 from vidlab.tasks.qa import rank_answers
 from vidlab.tasks.rerank import extract_features, model_pair_scorer, rerank_topk
 
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
 _FRAMES = re.compile(r"(?:output|debug)\.frames(\d+)\.(\w+)$")
 _UPDATED_POOLER = "output.update_pooler_embed_true."
 _TEMPERATURE = re.compile(r"output\.get_sim\.t(\d+(?:p\d+)?)\.sim_(i2t|t2i)$")  # t0p05: temperature 0.05
 LEGACY_INDEX = "debug.legacy_relative_position_index"
 
-Outputs = dict[str, Callable[[], Tensor]]
-
-
-def _tolerance(spec: Mapping[str, Any]) -> tuple[float, float]:
-    suggested = spec.get("tolerance", {}).get("suggested", {})
-    return float(suggested.get("atol", DEFAULT_ATOL)), float(suggested.get("rtol", DEFAULT_RTOL))
-
-
-def _compare(found: Mismatches, tensors: Mapping[str, Tensor], computed: Outputs, atol: float, rtol: float) -> None:
-    """Every output./debug. tensor needs a vidlab counterpart: integer tensors equal, float ones close."""
-    with torch.no_grad():
-        for name in (k for k in tensors if k.startswith(("output.", "debug."))):
-            if name not in computed:
-                found.expect(False, f"no vidlab counterpart for {name}")
-                continue
-            got, want = computed[name](), tensors[name]
-            if tuple(got.shape) != tuple(want.shape):
-                found.expect(False, f"{name}: shape {tuple(got.shape)}, golden {tuple(want.shape)}")
-            elif not want.is_floating_point():
-                found.expect(torch.equal(got.to(want.dtype), want), f"{name}: {got.tolist()} != golden {want.tolist()}")
-            else:
-                ok = torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol)
-                diff = (got.float() - want.float()).abs().max().item()
-                found.expect(ok, f"{name}: max abs diff {diff:.3g} (atol {atol}, rtol {rtol})")
 
 
 def _load_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], **overrides: Any) -> Singularity:
@@ -155,7 +130,7 @@ def check_singularity_retrieval(case: GoldenCase) -> None:
             outputs[_UPDATED_POOLER + "itc_sim_i2t"] = lambda: updated.similarity(
                 updated.video_features(video).pooled, text.pooled
             )
-        _compare(found, tensors, outputs, *_tolerance(case.spec))
+        compare_outputs(found, tensors, outputs, tolerance=suggested_tolerance(case.spec))
     found.raise_if_any()
 
 
@@ -194,7 +169,7 @@ def check_singularity_qa(case: GoldenCase) -> None:
             )
             outputs[name] = lambda r=ranked: r[0]
             outputs[name.replace("topk_ids", "topk_probs")] = lambda r=ranked: r[1]
-        _compare(found, tensors, outputs, *_tolerance(case.spec))
+        compare_outputs(found, tensors, outputs, tolerance=suggested_tolerance(case.spec))
     found.raise_if_any()
 
 
@@ -238,7 +213,7 @@ def check_singularity_ensemble(case: GoldenCase) -> None:
         outputs[prefix + "t2i_scores_x"] = lambda s=scores: s.t2v_itm
         outputs[prefix + "i2t_scores_emb"] = lambda s=scores: s.v2t_itc
         outputs[prefix + "t2i_scores_emb"] = lambda s=scores: s.t2v_itc
-    _compare(found, tensors, outputs, *_tolerance(case.spec))
+    compare_outputs(found, tensors, outputs, tolerance=suggested_tolerance(case.spec))
     found.raise_if_any()
 
 

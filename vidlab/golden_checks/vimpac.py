@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,15 @@ import torch
 from torch import Tensor
 
 from vidlab.data.video_tokens import TokenFrameSpec, crop_origin, normalize_frames, resize_dims, token_frames
-from vidlab.golden import GoldenCase, GoldenMismatch, Mismatches
+from vidlab.golden import (
+    TENSOR_ATOL,
+    GoldenCase,
+    GoldenMismatch,
+    Mismatches,
+    Outputs,
+    compare_outputs,
+    suggested_tolerance,
+)
 from vidlab.io import probe, read_frames
 from vidlab.losses import nt_xent_loss
 from vidlab.losses.block_masking import mask_token_grid
@@ -45,40 +53,11 @@ from vidlab.models.vimpac import (
     vimpac_config_from_official,
 )
 
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-5, 1e-4
-Outputs = dict[str, Callable[[], Tensor]]
 _MASKING = re.compile(
     r"output\.masking\.(\w+?)\.mask_3d_(rand_replace_)?(blocks|uniform)(\d+)_(?:torch)?seed(\d+)\.(masked_codes|labels)$"
 )
 _NCE = re.compile(r"output\.nce_loss\.(no_norm_)?(?:features_div(\d+)_)?t(\d+(?:p\d+)?)$")
 _TIED_ALIASES = {"mlm_head.decoder.weight": "backbone.embedding.weight"}
-
-
-def _tolerance(spec: Mapping[str, Any]) -> tuple[float, float]:
-    suggested = spec.get("tolerance", {}).get("suggested", {})
-    return float(suggested.get("atol", DEFAULT_ATOL)), float(suggested.get("rtol", DEFAULT_RTOL))
-
-
-def _compare(
-    found: Mismatches, tensors: Mapping[str, Tensor], computed: Outputs, atol: float, rtol: float, label: str
-) -> None:
-    """Every output./debug. tensor needs a vidlab counterpart: integer tensors equal, float ones close."""
-    with torch.no_grad():
-        for name in (k for k in tensors if k.startswith(("output.", "debug."))):
-            if name not in computed:
-                found.expect(False, f"{label}: no vidlab counterpart for {name}")
-                continue
-            got, want = computed[name](), tensors[name]
-            if tuple(got.shape) != tuple(want.shape):
-                found.expect(False, f"{label}: {name}: shape {tuple(got.shape)}, golden {tuple(want.shape)}")
-            elif not want.is_floating_point():
-                found.expect(
-                    torch.equal(got.to(want.dtype), want), f"{label}: {name}: {int((got != want).sum())} values differ"
-                )
-            else:
-                diff = (got.float() - want.float()).abs().max().item()
-                ok = torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol)
-                found.expect(ok, f"{label}: {name}: max abs diff {diff:.3g} (atol {atol}, rtol {rtol})")
 
 
 def _official_files(spec: Mapping[str, Any], folder: Path) -> dict[str, Path]:
@@ -181,7 +160,7 @@ def _head_args_of(state: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def check_vimpac_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], folder: Path) -> None:
-    atol, rtol = _tolerance(spec)
+    atol, rtol = suggested_tolerance(spec)
     found = Mismatches(spec.get("case", "vimpac"))
     constructor = spec["constructor"]
     layout_kwargs = constructor["TransformerLayout_kwargs"]
@@ -204,7 +183,7 @@ def check_vimpac_model(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], f
         computed = {**_model_outputs(model, tensors), **_loss_and_masking_outputs(cfg, tensors)}
         if "interpolation" in spec:
             computed.update(_interpolation_outputs(spec, cfg, checkpoint, tensors))
-        _compare(found, tensors, computed, atol, rtol, label)
+        compare_outputs(found, tensors, computed, tolerance=(atol, rtol), label=label)
     found.raise_if_any()
 
 
@@ -222,7 +201,7 @@ def near_tie_flips(got: Tensor, want: Tensor, logits: Tensor, atol: float) -> tu
 
 def check_dalle_encoder(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], folder: Path) -> None:
     found = Mismatches(spec.get("case", "dalle_encoder"))
-    atol = float(spec.get("tolerances", {}).get("suggested_atol", {}).get("output.logits", DEFAULT_ATOL))
+    atol = float(spec.get("tolerances", {}).get("suggested_atol", {}).get("output.logits", TENSOR_ATOL))
     kwargs = spec["constructor"]["Encoder_kwargs"]
     sizes = {
         k: kwargs[k] for k in ("group_count", "n_hid", "n_blk_per_group", "input_channels", "vocab_size") if k in kwargs
@@ -254,7 +233,7 @@ def check_dalle_encoder(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], 
             "output.unmap_pixels_wide": lambda: unmap_pixels(tensors["input.unmap_pixels_wide"]),
             **{f"debug.{name}": lambda v=value: v for name, value in stages.items()},
         }
-        _compare(found, {k: v for k, v in tensors.items() if not k.endswith("tokens")}, computed, atol, 0.0, label)
+        compare_outputs(found, {k: v for k, v in tensors.items() if not k.endswith("tokens")}, computed, tolerance=(atol, 0.0), label=label)
         for name, got in (
             ("output.tokens", logits.argmax(1)),
             ("output.vimpac_extractor_tokens", model.tokenize(tensors["input.images_pm1"])),
